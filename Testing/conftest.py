@@ -1,0 +1,27 @@
+"""Shared test fixtures: paths of the project's own small real CT data (no dependency on ../shared)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DATA_DIR = Path(__file__).resolve().parent / "Data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def small_abdomen_ct() -> Path:
+    """TotalSegmentator abdomen CT, 122x101x30 voxels, 3 mm, RAS."""
+    return DATA_DIR / "ts_example_ct_sm_3mm" / "ct.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def head_neck_case() -> tuple[Path, Path]:
+    """OpenKBP validation patient pt_201 (CT, organ-at-risk label map), orientation PLI."""
+    case = DATA_DIR / "openkbp_pt_201"
+    return case / "ct.nii.gz", case / "oar_label.nii.gz"

@@ -1,0 +1,63 @@
+"""The ``organdetr`` console script: one entry point, one sub-command per module.
+
+Each sub-command module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and keeps heavy imports
+(torch, the network) inside ``run`` so that ``organdetr --help`` stays fast.
+Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from organdetr.errors import UserInputError
+
+from . import __version__
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "detect": ("organdetr_backend.detect_command", "detect organs in CT volumes and write boxes"),
+    "serve": ("organdetr_backend.serve_command", "run the HTTP inference service"),
+    "train": ("organdetr.train", "train a detector on an MSD-style dataset.json"),
+    "evaluate": ("organdetr.evaluate", "evaluate a detector with COCO-style 3D metrics"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="organdetr", description="Organ-DETR 3D organ detection for CT.")
+    parser.add_argument("--version", action="version", version=f"organdetr {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or EXIT_OK)
+    except UserInputError as error:
+        print(f"organdetr {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"organdetr {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # the last line of defence: one readable line, traceback on request
+        if os.environ.get("ORGANDETR_DEBUG"):
+            raise
+        print(
+            f"organdetr {args.command}: internal error: {type(error).__name__}: {error} "
+            "(set ORGANDETR_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Typed configuration of the Organ-DETR detector, its preprocessing and its training.
+
+Everything that defines a trained model (network sizes, class names, preprocessing) lives in one
+:class:`DetectorConfig` that is saved as JSON beside the weights of every checkpoint, so that the backend
+reproduces exactly the preprocessing the network was trained with.
+
+Conventions used throughout the package:
+
+* Network array axes are the ITK index axes ``(i, j, k)`` of the volume after reorientation to
+  :attr:`PreprocessConfig.orientation` (not numpy's ``(k, j, i)`` order of ``sitk.GetArrayFromImage``).
+* Boxes are normalised ``(c0, c1, c2, s0, s1, s2)`` (centre and full size per array axis) in ``[0, 1]``,
+  where 0 and 1 are the outer EDGES of the first and last voxel: voxel ``v`` spans ``[v / n, (v + 1) / n]``.
+* Class indices are 0-based organ indices ``0..K-1`` (label value ``v`` is class ``v - 1``); index ``K`` is
+  "no object" in the classification head. Segmentation heads use label values directly (channel 0 = background).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+CONFIG_SCHEMA_VERSION = 1
+
+
+@dataclass
+class BackboneConfig:
+    """3D CNN feature extractor returning a pyramid of feature maps."""
+
+    kind: Literal["fpn", "resnet"] = "fpn"
+    in_channels: int = 1
+    # Encoder widths; stage s (0-based) has stride 2**(s + 1) relative to the input.
+    stage_channels: tuple[int, ...] = (16, 32, 64, 128)
+    fpn_channels: int = 64
+    # Pyramid levels handed to the transformer, as encoder stage indices (finest first).
+    out_stages: tuple[int, ...] = (1, 2, 3)
+    resnet_depth: int = 18
+    norm: Literal["instance", "batch", "group"] = "instance"
+
+
+@dataclass
+class MSAConfig:
+    """MultiScale Attention encoder (paper section 3.1)."""
+
+    enabled: bool = True
+    patch_size: int = 2
+    num_heads: int = 4
+    depth: int = 2
+    ffn_dim: int = 256
+    dropout: float = 0.1
+    bias: bool = False
+    positional_encoding: bool = True
+
+
+@dataclass
+class DecoderConfig:
+    """Deformable-DETR decoder with learned object queries."""
+
+    d_model: int = 64
+    num_heads: int = 4
+    ffn_dim: int = 256
+    dropout: float = 0.1
+    num_layers: int = 3
+    num_points: int = 4
+    num_queries: int = 60
+    num_encoder_layers: int = 0
+    box_refine: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """The network: backbone -> MSA encoder -> deformable decoder -> heads."""
+
+    num_classes: int = 7
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    msa: MSAConfig = field(default_factory=MSAConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    segmentation_heads: bool = True
+
+
+@dataclass
+class MatcherConfig:
+    """Dense Query Matching: ``1 + eta`` positive queries per organ, ``eta = ceil(dense_lambda * N / M)``."""
+
+    dense_lambda: float = 0.2
+    max_eta: int = 5
+    cost_class: float = 2.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+
+
+@dataclass
+class LossConfig:
+    """Loss weights (paper: 2 / 5 / 2 / 2) and classification class weights (v1: background 1, organs 10)."""
+
+    weight_class: float = 2.0
+    weight_bbox: float = 5.0
+    weight_giou: float = 2.0
+    weight_seg: float = 2.0
+    background_class_weight: float = 1.0
+    organ_class_weight: float = 10.0
+    aux_loss: bool = True
+
+
+@dataclass
+class PreprocessConfig:
+    """Deterministic preprocessing shared by training and inference (see :mod:`organdetr.preprocess`)."""
+
+    # DICOM-style orientation code of the network's index axes (SimpleITK DICOMOrient). "LPS" = identity.
+    orientation: str = "LPS"
+    spatial_size: tuple[int, int, int] = (128, 128, 128)
+    intensity_min: float = -1000.0
+    intensity_max: float = 1000.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings for ``organdetr train``."""
+
+    epochs: int = 100
+    batch_size: int = 2
+    lr: float = 2e-4
+    lr_backbone: float = 2e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    amp: bool = True
+    seed: int = 0
+    num_workers: int = 0
+    val_every: int = 1
+    augment: bool = True
+
+
+@dataclass
+class DetectorConfig:
+    """Everything needed to rebuild and run a trained detector; stored as ``config.json`` in a checkpoint."""
+
+    name: str = "organdetr"
+    version: str = "0.0.0"
+    class_names: tuple[str, ...] = (
+        "Brainstem",
+        "SpinalCord",
+        "RightParotid",
+        "LeftParotid",
+        "Esophagus",
+        "Larynx",
+        "Mandible",
+    )
+    preset: str = "small"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    matcher: MatcherConfig = field(default_factory=MatcherConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    training_data: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = CONFIG_SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != self.model.num_classes:
+            raise ValueError(
+                f"{len(self.class_names)} class names for a model with {self.model.num_classes} classes"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
+        return _from_dict(cls, data)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> DetectorConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) dataclass from plain JSON data; unknown keys are an error, missing keys take defaults."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected an object for {cls.__name__}, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    hints = {name: f.type for name, f in known.items()}
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        nested = _NESTED.get(hints[name])
+        if nested is not None:
+            kwargs[name] = _from_dict(nested, value)
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+_NESTED: dict[str, type] = {
+    "BackboneConfig": BackboneConfig,
+    "MSAConfig": MSAConfig,
+    "DecoderConfig": DecoderConfig,
+    "ModelConfig": ModelConfig,
+    "MatcherConfig": MatcherConfig,
+    "LossConfig": LossConfig,
+    "PreprocessConfig": PreprocessConfig,
+    "TrainConfig": TrainConfig,
+}
+
+
+def small_model_config(num_classes: int) -> ModelConfig:
+    """Sized to train and run on a 2-core CPU at 128^3 input."""
+    return ModelConfig(num_classes=num_classes)
+
+
+def paper_model_config(num_classes: int) -> ModelConfig:
+    """Sizes of the paper / v1 snapshot: FPN and d_model 384, 3 levels, patch 2, depth 2, 100 queries."""
+    return ModelConfig(
+        num_classes=num_classes,
+        backbone=BackboneConfig(stage_channels=(32, 64, 128, 256, 320), fpn_channels=384, out_stages=(2, 3, 4)),
+        msa=MSAConfig(patch_size=2, num_heads=64, depth=2, ffn_dim=1024, dropout=0.3, bias=False),
+        decoder=DecoderConfig(
+            d_model=384, num_heads=6, ffn_dim=1024, dropout=0.1, num_layers=3, num_points=4, num_queries=100
+        ),
+    )
+
+
+PRESETS = {"small": small_model_config, "paper": paper_model_config}
+
+
+def preset_config(preset: str, class_names: tuple[str, ...] | None = None, **overrides: Any) -> DetectorConfig:
+    """A :class:`DetectorConfig` for a named preset (``small`` or ``paper``)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    names = tuple(class_names) if class_names is not None else DetectorConfig.class_names
+    return DetectorConfig(
+        class_names=names, preset=preset, model=PRESETS[preset](len(names)), **overrides
+    )
