@@ -159,9 +159,7 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         if len(self.class_names) != self.model.num_classes:
-            raise ValueError(
-                f"{len(self.class_names)} class names for a model with {self.model.num_classes} classes"
-            )
+            raise ValueError(f"{len(self.class_names)} class names for a model with {self.model.num_classes} classes")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -236,6 +234,4 @@ def preset_config(preset: str, class_names: tuple[str, ...] | None = None, **ove
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     names = tuple(class_names) if class_names is not None else DetectorConfig.class_names
-    return DetectorConfig(
-        class_names=names, preset=preset, model=PRESETS[preset](len(names)), **overrides
-    )
+    return DetectorConfig(class_names=names, preset=preset, model=PRESETS[preset](len(names)), **overrides)

@@ -66,9 +66,9 @@ def preprocess_image(image: sitk.Image, config: PreprocessConfig) -> Preprocesse
     """CT image -> network input ``[1, D0, D1, D2]`` in ``[0, 1]`` plus the index affine."""
     oriented, reorient_map = _reorient(image, config.orientation)
     array = torch.from_numpy(np.ascontiguousarray(_array_ijk(oriented), dtype=np.float32))
-    resized = F.interpolate(
-        array[None, None], size=tuple(config.spatial_size), mode="trilinear", align_corners=False
-    )[0]
+    resized = F.interpolate(array[None, None], size=tuple(config.spatial_size), mode="trilinear", align_corners=False)[
+        0
+    ]
     low, high = config.intensity_min, config.intensity_max
     scaled = (resized.clamp(low, high) - low) / (high - low)
     index_map = _resize_matrix(array.shape, tuple(config.spatial_size)) @ reorient_map
