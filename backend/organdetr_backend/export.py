@@ -1,0 +1,187 @@
+"""Writing and reading detection results: the versioned JSON, Slicer markups JSON (``.mrk.json``) and CSV.
+
+The CLI, the HTTP service and the Slicer module all go through these functions. Every write is atomic (temporary
+file in the same folder, then ``os.replace``) and refuses to overwrite an existing file unless told to.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from organdetr.errors import UserInputError
+from pydantic import ValidationError
+
+from .schema import SCHEMA_NAME, SCHEMA_VERSION, DetectionResult
+
+MARKUPS_SCHEMA_URL = (
+    "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
+    "markups-schema-v1.0.3.json#"
+)
+# Distinct, reproducible organ colours: hues stepped by the golden ratio conjugate around the colour wheel.
+_HUE_STEP = 0.618033988749895
+_SATURATION, _VALUE = 0.65, 0.95
+_MAX_REPORTED_PROBLEMS = 3
+CSV_COLUMNS = (
+    "organ",
+    "class_id",
+    "score",
+    "source",
+    "coordinate_system",
+    "center_x_mm",
+    "center_y_mm",
+    "center_z_mm",
+    "size_0_mm",
+    "size_1_mm",
+    "size_2_mm",
+    "orientation",
+    "min_i",
+    "min_j",
+    "min_k",
+    "max_i",
+    "max_j",
+    "max_k",
+)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    Readers never see a partial file. Refuses to replace an existing file unless ``overwrite`` is true.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserInputError(f"{path.name}: already exists; choose another name or allow overwriting")
+    if not path.parent.is_dir():
+        raise UserInputError(f"{path.name}: folder {path.parent} does not exist")
+    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_result_json(result: DetectionResult, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write a result as the versioned JSON document."""
+    return atomic_write_text(path, result.model_dump_json(indent=2) + "\n", overwrite=overwrite)
+
+
+def _summarise(error: ValidationError) -> str:
+    problems = [f"{'.'.join(str(p) for p in item['loc']) or 'document'}: {item['msg']}" for item in error.errors()]
+    shown = "; ".join(problems[:_MAX_REPORTED_PROBLEMS])
+    more = len(problems) - _MAX_REPORTED_PROBLEMS
+    return shown + (f"; and {more} more" if more > 0 else "")
+
+
+def parse_result(document: object, name: str = "result") -> DetectionResult:
+    """Validate a decoded JSON document as a :class:`DetectionResult`; one-line UserInputError otherwise."""
+    if not isinstance(document, dict):
+        raise UserInputError(f"{name}: expected a JSON object, got {type(document).__name__}")
+    schema = (document.get("schema_name"), document.get("schema_version"))
+    if schema != (SCHEMA_NAME, SCHEMA_VERSION):
+        raise UserInputError(
+            f"{name}: schema {schema[0]!r} version {schema[1]!r} is not {SCHEMA_NAME!r} version {SCHEMA_VERSION!r}"
+        )
+    try:
+        result = DetectionResult.model_validate(document)
+    except ValidationError as error:
+        raise UserInputError(f"{name}: invalid result ({_summarise(error)})") from None
+    classes = result.model.classes
+    for detection in result.detections:
+        if detection.label not in classes:
+            raise UserInputError(f"{name}: unknown organ {detection.label!r}; the model's classes are {classes}")
+        if classes.index(detection.label) + 1 != detection.class_id:
+            raise UserInputError(
+                f"{name}: organ {detection.label!r} has class_id {detection.class_id}, "
+                f"expected {classes.index(detection.label) + 1}"
+            )
+    return result
+
+
+def read_result_json(path: str | os.PathLike) -> DetectionResult:
+    """Read and validate a result JSON file written by :func:`write_result_json` (or edited by hand)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserInputError(f"{path.name}: cannot read ({error.__class__.__name__}: {error})") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"{path.name}: not valid JSON ({error})") from None
+    return parse_result(document, path.name)
+
+
+def organ_color(class_id: int) -> tuple[float, float, float]:
+    """A reproducible RGB colour in [0, 1] for an organ's class id (distinct for neighbouring ids)."""
+    hue = (class_id * _HUE_STEP) % 1.0
+    return colorsys.hsv_to_rgb(hue, _SATURATION, _VALUE)
+
+
+def result_to_markups(result: DetectionResult) -> dict:
+    """Slicer markups JSON document: one ROI (box) per detection, in LPS millimetres."""
+    markups = []
+    for detection in result.detections:
+        color = list(organ_color(detection.class_id))
+        markups.append(
+            {
+                "type": "ROI",
+                "name": detection.label,
+                "coordinateSystem": detection.box.coordinate_system,
+                "coordinateUnits": detection.box.units,
+                "locked": False,
+                "roiType": "Box",
+                "insideOut": False,
+                "center": list(detection.box.center),
+                "size": list(detection.box.size),
+                "orientation": list(detection.box.orientation),
+                "controlPoints": [],
+                "display": {"visibility": True, "color": color, "selectedColor": color},
+            }
+        )
+    return {"@schema": MARKUPS_SCHEMA_URL, "markups": markups}
+
+
+def write_markups(result: DetectionResult, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write the detections as a Slicer ``.mrk.json`` file."""
+    return atomic_write_text(path, json.dumps(result_to_markups(result), indent=2) + "\n", overwrite=overwrite)
+
+
+def result_to_csv(result: DetectionResult) -> str:
+    """One row per detection: organ, class, score, source, LPS centre and size (mm), orientation, voxel bounds."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for detection in result.detections:
+        bounds = detection.voxel_bounds
+        voxel_cells = [*bounds.min_ijk, *bounds.max_ijk_inclusive] if bounds else [""] * 6
+        writer.writerow(
+            [
+                detection.label,
+                detection.class_id,
+                repr(detection.score),
+                detection.source,
+                detection.box.coordinate_system,
+                *(repr(v) for v in detection.box.center),
+                *(repr(v) for v in detection.box.size),
+                " ".join(repr(v) for v in detection.box.orientation),
+                *voxel_cells,
+            ]
+        )
+    return buffer.getvalue()
+
+
+def write_csv(result: DetectionResult, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write the detections as CSV."""
+    return atomic_write_text(path, result_to_csv(result), overwrite=overwrite)
