@@ -1,0 +1,138 @@
+"""SetCriterion: hand-computed classification and box losses, partial-label masking, segmentation channels."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from monai.losses import DiceCELoss
+from organdetr.config import LossConfig, MatcherConfig
+from organdetr.criterion import SetCriterion
+from organdetr.matcher import DenseQueryMatcher
+
+NUM_CLASSES = 3
+GT_BOX = [0.5, 0.5, 0.5, 0.2, 0.2, 0.2]
+# Query 0 is GT_BOX shifted by 0.05 along axis 0: intersection 0.15 x 0.2 x 0.2 = 0.006, union 0.010, IoU 0.6 and the
+# enclosing box equals the union, so GIoU = 0.6. Query 1 is far away and stays unmatched.
+QUERY_BOXES = [[0.55, 0.5, 0.5, 0.2, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1, 0.1, 0.1]]
+QUERY_LOGITS = [[2.0, 0.5, 1.0, -1.0], [0.3, -0.2, 1.5, 0.7]]
+
+
+def one_to_one_criterion(**loss_options) -> SetCriterion:
+    return SetCriterion(NUM_CLASSES, DenseQueryMatcher(MatcherConfig(dense_lambda=0.0)), LossConfig(**loss_options))
+
+
+def tiny_case(annotated: list[bool]) -> tuple[dict, list[dict]]:
+    outputs = {
+        "pred_logits": torch.tensor([QUERY_LOGITS], requires_grad=True),
+        "pred_boxes": torch.tensor([QUERY_BOXES]),
+    }
+    target = {"labels": torch.tensor([0]), "boxes": torch.tensor([GT_BOX]), "annotated": torch.tensor(annotated)}
+    return outputs, [target]
+
+
+def neg_log_softmax(logits: list[float], index: int, keep: list[int]) -> float:
+    return -logits[index] + math.log(sum(math.exp(logits[k]) for k in keep))
+
+
+@pytest.mark.parametrize("annotated", [[True, True, True], [True, True, False]])
+def test_classification_and_box_losses_by_hand(annotated: list[bool]) -> None:
+    outputs, targets = tiny_case(annotated)
+    losses = one_to_one_criterion()(outputs, targets)
+    organ_weight, background_weight = LossConfig().organ_class_weight, LossConfig().background_class_weight
+    matched = neg_log_softmax(QUERY_LOGITS[0], 0, keep=[0, 1, 2, 3])  # matched query: always all classes
+    # The unmatched query's target is "no object" (index 3); unannotated organ logits leave its softmax.
+    unmatched = neg_log_softmax(QUERY_LOGITS[1], 3, keep=[k for k in range(4) if k == 3 or annotated[k]])
+    expected = (organ_weight * matched + background_weight * unmatched) / (organ_weight + background_weight)
+    assert losses["loss_class"].item() == pytest.approx(expected, rel=1e-6)
+    assert losses["loss_bbox"].item() == pytest.approx(0.05, abs=1e-6)
+    assert losses["loss_giou"].item() == pytest.approx(0.4, abs=1e-4)  # MONAI adds a small epsilon
+    assert "loss_seg" not in losses  # no label map, no segmentation logits
+
+
+def test_unannotated_logit_of_unmatched_query_gets_no_gradient() -> None:
+    outputs, targets = tiny_case([True, True, False])
+    one_to_one_criterion()(outputs, targets)["loss_class"].backward()
+    grad = outputs["pred_logits"].grad[0]
+    assert float(grad[1, 2]) == 0.0  # unmatched query, unannotated class 2
+    assert float(grad[0, 2]) != 0.0  # matched query: unaffected by the mask
+    assert torch.isfinite(grad).all()
+
+    outputs, targets = tiny_case([True, True, True])
+    one_to_one_criterion()(outputs, targets)["loss_class"].backward()
+    assert float(outputs["pred_logits"].grad[0, 1, 2]) > 0.0  # annotated: pushed down towards "no object"
+
+
+def seg_case(annotated: list[bool], seed: int = 0) -> tuple[list[torch.Tensor], list[dict]]:
+    generator = torch.Generator().manual_seed(seed)
+    label_map = torch.zeros(8, 8, 8, dtype=torch.long)
+    label_map[1:4, 1:5, 2:6] = 1
+    label_map[5:8, 4:7, 1:3] = 2  # label 3 (class 2) does not occur: it may be unannotated
+    seg_logits = [
+        torch.randn(1, NUM_CLASSES + 1, *size, generator=generator).requires_grad_() for size in [(8, 8, 8), (4, 4, 4)]
+    ]
+    target = {
+        "labels": torch.zeros(0, dtype=torch.long),
+        "boxes": torch.zeros(0, 6),
+        "annotated": torch.tensor(annotated),
+        "label_map": label_map,
+    }
+    return seg_logits, [target]
+
+
+def test_segmentation_loss_ignores_unannotated_channels(make_outputs) -> None:
+    criterion = one_to_one_criterion()
+    outputs = make_outputs(1, 4, NUM_CLASSES)
+    seg_logits, targets = seg_case([True, True, False])
+    loss = criterion({**outputs, "seg_logits": seg_logits}, targets)["loss_seg"]
+    loss.backward()
+    assert all(float(level.grad[:, 3].abs().max()) == 0.0 for level in seg_logits)
+    assert all(float(level.grad[:, :3].abs().max()) > 0.0 for level in seg_logits)
+    changed = [level.detach().clone() for level in seg_logits]
+    for level in changed:
+        level[:, 3] += 5.0
+    assert float(criterion({**outputs, "seg_logits": changed}, targets)["loss_seg"]) == loss.item()
+
+    seg_logits, targets = seg_case([True, True, True])
+    criterion({**outputs, "seg_logits": seg_logits}, targets)["loss_seg"].backward()
+    assert all(float(level.grad[:, 3].abs().max()) > 0.0 for level in seg_logits)
+
+
+def test_segmentation_loss_is_monai_dice_ce_on_kept_channels(make_outputs) -> None:
+    seg_logits, targets = seg_case([True, True, False], seed=1)
+    finest = seg_logits[0].detach()
+    loss = one_to_one_criterion()({**make_outputs(1, 4, NUM_CLASSES), "seg_logits": [finest]}, targets)["loss_seg"]
+    expected = DiceCELoss(softmax=True, to_onehot_y=True)(finest[:, :3], targets[0]["label_map"][None, None])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_total_includes_weighted_aux_and_seg_terms(make_outputs, make_targets) -> None:
+    outputs = make_outputs(2, 20, NUM_CLASSES, aux_layers=2, seed=4)
+    targets = make_targets([3, 2], NUM_CLASSES)
+    seg_logits, seg_targets = seg_case([True, True, True])
+    outputs["seg_logits"] = [torch.cat([level, level]) for level in seg_logits]
+    for target in targets:
+        target["label_map"] = seg_targets[0]["label_map"]
+    config = LossConfig()
+    losses = SetCriterion(NUM_CLASSES, DenseQueryMatcher(MatcherConfig()), config)(outputs, targets)
+    names = ["loss_class", "loss_bbox", "loss_giou"]
+    expected_keys = {"loss", "loss_seg", *names, *(f"{n}_aux{i}" for n in names for i in range(2))}
+    assert set(losses) == expected_keys
+    weights = {"loss_class": config.weight_class, "loss_bbox": config.weight_bbox, "loss_giou": config.weight_giou}
+    expected = config.weight_seg * losses["loss_seg"] + sum(
+        weights[n] * (losses[n] + losses[f"{n}_aux0"] + losses[f"{n}_aux1"]) for n in names
+    )
+    assert losses["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    without_aux = SetCriterion(NUM_CLASSES, DenseQueryMatcher(MatcherConfig()), LossConfig(aux_loss=False))
+    assert set(without_aux(outputs, targets)) == {"loss", "loss_seg", *names}
+
+
+def test_images_without_organs(make_outputs) -> None:
+    outputs = make_outputs(1, 6, NUM_CLASSES)
+    outputs["pred_logits"].requires_grad_()
+    target = {"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 6)}
+    losses = one_to_one_criterion()(outputs, [target])
+    assert losses["loss_bbox"].item() == losses["loss_giou"].item() == 0.0
+    losses["loss"].backward()
+    assert torch.isfinite(outputs["pred_logits"].grad).all()

@@ -1,0 +1,123 @@
+"""Training losses of Organ-DETR: classification, box (L1 + GIoU) and multiscale segmentation, with partial labels.
+
+``L = weight_class * L_cls + weight_bbox * L_L1 + weight_giou * L_GIoU + weight_seg * L_seg`` (paper: 2 / 5 / 2 / 2),
+plus the same detection terms for every auxiliary decoder layer, each with its own Dense Query Matching.
+
+Partial labels: a training sample may annotate only some organs (``target["annotated"]``). A query that is not
+matched to any ground truth is trained towards "no object", but a missing annotation is no evidence that the query
+is not one of the unannotated organs; so for unmatched queries the logits of the sample's unannotated classes are
+removed from the softmax (set to ``-inf``). Likewise the segmentation loss only uses the background channel and the
+channels of annotated organs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from torch import nn
+
+from .box_ops import matched_giou
+from .config import LossConfig
+from .matcher import DenseQueryMatcher, MatchIndices
+
+Target = dict[str, torch.Tensor]
+
+
+class SetCriterion(nn.Module):
+    """Matches predictions to ground truths with a :class:`DenseQueryMatcher` and computes the weighted losses.
+
+    ``forward`` returns named scalar losses (``loss_class``, ``loss_bbox``, ``loss_giou``, ``loss_seg`` when a label
+    map and segmentation logits are available, ``<name>_aux{i}`` for auxiliary decoder layer ``i``) and ``loss``,
+    their weighted sum.
+    """
+
+    def __init__(self, num_classes: int, matcher: DenseQueryMatcher, config: LossConfig) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.config = config
+        class_weight = torch.full((num_classes + 1,), config.organ_class_weight)
+        class_weight[num_classes] = config.background_class_weight
+        self.register_buffer("class_weight", class_weight)
+        self.seg_loss = DiceCELoss(softmax=True, to_onehot_y=True)
+        self.weights = {
+            "loss_class": config.weight_class,
+            "loss_bbox": config.weight_bbox,
+            "loss_giou": config.weight_giou,
+            "loss_seg": config.weight_seg,
+        }
+
+    def annotated(self, target: Target, device: torch.device) -> torch.Tensor:
+        """``BoolTensor[K]`` of the classes annotated in ``target`` (all when not given)."""
+        flags = target.get("annotated")
+        if flags is None:
+            return torch.ones(self.num_classes, dtype=torch.bool, device=device)
+        return flags.to(device=device, dtype=torch.bool)
+
+    def loss_class(self, logits: torch.Tensor, targets: list[Target], indices: list[MatchIndices]) -> torch.Tensor:
+        """Class-weighted cross-entropy over ``K + 1`` classes; unannotated classes masked for unmatched queries."""
+        logits = logits.float()
+        batch, num_queries, _ = logits.shape
+        target_classes = torch.full((batch, num_queries), self.num_classes, dtype=torch.long, device=logits.device)
+        matched = torch.zeros(batch, num_queries, dtype=torch.bool, device=logits.device)
+        for b, (query_idx, target_idx) in enumerate(indices):
+            target_classes[b, query_idx] = targets[b]["labels"].to(logits.device)[target_idx]
+            matched[b, query_idx] = True
+        # [B, K+1] logits that must not be pushed towards "no object": unannotated organs (never the no-object one).
+        unannotated = torch.stack([~self.annotated(t, logits.device) for t in targets])
+        unannotated = F.pad(unannotated, (0, 1), value=False)
+        mask = unannotated[:, None, :] & ~matched[:, :, None]
+        logits = logits.masked_fill(mask, float("-inf"))
+        return F.cross_entropy(logits.transpose(1, 2), target_classes, weight=self.class_weight)
+
+    def loss_boxes(
+        self, boxes: torch.Tensor, targets: list[Target], indices: list[MatchIndices], num_positives: float
+    ) -> dict[str, torch.Tensor]:
+        """L1 and ``1 - GIoU`` of matched boxes, summed and divided by the number of positive queries."""
+        pred = torch.cat([boxes[b, query_idx] for b, (query_idx, _) in enumerate(indices)]).float()
+        gt = torch.cat([t["boxes"][target_idx] for t, (_, target_idx) in zip(targets, indices, strict=True)])
+        gt = gt.to(device=boxes.device, dtype=torch.float32)
+        return {
+            "loss_bbox": F.l1_loss(pred, gt, reduction="sum") / num_positives,
+            "loss_giou": (1 - matched_giou(pred, gt)).sum() / num_positives,
+        }
+
+    def loss_seg(self, seg_logits: list[torch.Tensor], targets: list[Target]) -> torch.Tensor:
+        """DiceCE per level and sample on ``[background + annotated organs]`` channels, averaged over both."""
+        losses = []
+        for level_logits in seg_logits:
+            level_logits = level_logits.float()
+            label_maps = torch.stack([t["label_map"] for t in targets]).to(level_logits.device)
+            resized = F.interpolate(label_maps[:, None].float(), size=level_logits.shape[2:], mode="nearest-exact")
+            resized = resized.long()
+            for b, target in enumerate(targets):
+                keep = F.pad(self.annotated(target, level_logits.device), (1, 0), value=True)  # + background
+                channels = keep.nonzero()[:, 0]
+                # Label value -> position among the kept channels. Voxels of an unannotated label (inconsistent
+                # target) count as background, like every voxel of an organ that was not annotated.
+                remap = torch.zeros(self.num_classes + 1, dtype=torch.long, device=level_logits.device)
+                remap[channels] = torch.arange(channels.numel(), device=level_logits.device)
+                losses.append(self.seg_loss(level_logits[b : b + 1, channels], remap[resized[b : b + 1]]))
+        return torch.stack(losses).mean()
+
+    def detection_losses(self, outputs: dict[str, Any], targets: list[Target]) -> dict[str, torch.Tensor]:
+        """Match one decoder layer's outputs and compute its classification and box losses."""
+        indices = self.matcher(outputs, targets)
+        num_positives = max(float(sum(q.numel() for q, _ in indices)), 1.0)
+        losses = {"loss_class": self.loss_class(outputs["pred_logits"], targets, indices)}
+        losses.update(self.loss_boxes(outputs["pred_boxes"], targets, indices, num_positives))
+        return losses
+
+    def forward(self, outputs: dict[str, Any], targets: list[Target]) -> dict[str, torch.Tensor]:
+        losses = self.detection_losses(outputs, targets)
+        if self.config.aux_loss:
+            for i, aux in enumerate(outputs.get("aux_outputs", [])):
+                losses.update({f"{name}_aux{i}": value for name, value in self.detection_losses(aux, targets).items()})
+        seg_logits = outputs.get("seg_logits")
+        if seg_logits and all(t.get("label_map") is not None for t in targets):
+            losses["loss_seg"] = self.loss_seg(seg_logits, targets)
+        losses["loss"] = sum(self.weights[name.split("_aux")[0]] * value for name, value in losses.items())
+        return losses
