@@ -33,6 +33,8 @@ class BackboneConfig:
     in_channels: int = 1
     # Encoder widths; stage s (0-based) has stride 2**(s + 1) relative to the input.
     stage_channels: tuple[int, ...] = (16, 32, 64, 128)
+    # Number of 3x3x3 conv-norm-act units per encoder stage (the first one has stride 2).
+    convs_per_stage: tuple[int, ...] = (1, 2, 2, 2)
     fpn_channels: int = 64
     # Pyramid levels handed to the transformer, as encoder stage indices (finest first).
     out_stages: tuple[int, ...] = (1, 2, 3)

@@ -1,0 +1,143 @@
+"""3D CNN backbones returning a feature pyramid (finest level first).
+
+``kind="fpn"``: a Retina U-Net style encoder-decoder. Encoder stage ``s`` starts with a stride-2 3x3x3
+conv-norm-act (so its stride is ``2 ** (s + 1)``) followed by more 3x3x3 conv-norm-acts; the decoder is a feature
+pyramid: 1x1x1 lateral convs, nearest top-down upsampling and addition, and a 3x3x3 output conv on every requested
+level. ``kind="resnet"``: MONAI's ``ResNetFeatures`` with MONAI's ``FeaturePyramidNetwork`` on top. Both return
+the maps of :attr:`BackboneConfig.out_stages` with :attr:`BackboneConfig.fpn_channels` channels each.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork
+from monai.networks.nets.resnet import ResNetFeatures, get_inplanes
+from torch import Tensor, nn
+
+from .config import BackboneConfig
+
+SPATIAL_DIMS = 3
+# LeakyReLU slope of the conv-norm-act units (nnU-Net / Retina U-Net convention).
+LEAKY_SLOPE = 0.01
+GROUP_NORM_GROUPS = 8
+# ResNetFeatures returns conv1 (stride 2) then layer1..layer4 (strides 4..32): 5 stages.
+RESNET_STAGES = 5
+
+
+def _norm(config: BackboneConfig) -> tuple:
+    if config.norm == "instance":
+        return ("instance", {"affine": True})
+    if config.norm == "group":
+        return ("group", {"num_groups": GROUP_NORM_GROUPS})
+    return ("batch", {})
+
+
+def backbone_stride(stage: int) -> int:
+    """Downsampling factor of encoder stage ``stage`` relative to the input."""
+    return 2 ** (stage + 1)
+
+
+def backbone_divisor(config: BackboneConfig) -> int:
+    """The input's spatial size must be a multiple of this for every encoder stage to halve exactly."""
+    num_stages = RESNET_STAGES if config.kind == "resnet" else len(config.stage_channels)
+    return backbone_stride(num_stages - 1)
+
+
+class FPNBackbone(nn.Module):
+    """Retina U-Net style encoder with a feature-pyramid decoder."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        if len(config.convs_per_stage) != len(config.stage_channels):
+            raise ValueError("convs_per_stage and stage_channels must have the same length")
+        if not config.out_stages or max(config.out_stages) >= len(config.stage_channels):
+            raise ValueError(f"out_stages {config.out_stages} must index stage_channels {config.stage_channels}")
+        self.out_stages = tuple(config.out_stages)
+        # Laterals start at the finest requested level: finer stages only feed the encoder.
+        self.first_lateral = min(self.out_stages)
+        norm = _norm(config)
+        act = ("leakyrelu", {"negative_slope": LEAKY_SLOPE})
+        stages = []
+        in_channels = config.in_channels
+        for channels, num_convs in zip(config.stage_channels, config.convs_per_stage):
+            units = [
+                Convolution(
+                    SPATIAL_DIMS,
+                    in_channels if i == 0 else channels,
+                    channels,
+                    strides=2 if i == 0 else 1,
+                    kernel_size=3,
+                    norm=norm,
+                    act=act,
+                )
+                for i in range(num_convs)
+            ]
+            stages.append(nn.Sequential(*units))
+            in_channels = channels
+        self.stages = nn.ModuleList(stages)
+        lateral_channels = config.stage_channels[self.first_lateral :]
+        self.laterals = nn.ModuleList(nn.Conv3d(c, config.fpn_channels, kernel_size=1) for c in lateral_channels)
+        self.outputs = nn.ModuleDict(
+            {
+                str(s): nn.Conv3d(config.fpn_channels, config.fpn_channels, kernel_size=3, padding=1)
+                for s in self.out_stages
+            }
+        )
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        features = []
+        x = images
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        pyramid: dict[int, Tensor] = {}
+        top_down: Tensor | None = None
+        for offset in range(len(self.laterals) - 1, -1, -1):
+            stage_index = self.first_lateral + offset
+            lateral = self.laterals[offset](features[stage_index])
+            if top_down is not None:
+                lateral = lateral + F.interpolate(top_down, size=lateral.shape[2:], mode="nearest")
+            top_down = lateral
+            if stage_index in self.out_stages:
+                pyramid[stage_index] = self.outputs[str(stage_index)](lateral)
+        return [pyramid[s] for s in sorted(self.out_stages)]
+
+
+class ResNetFPNBackbone(nn.Module):
+    """MONAI ``ResNetFeatures`` (random init, no pickle download) with MONAI's ``FeaturePyramidNetwork``."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        if not config.out_stages or max(config.out_stages) >= RESNET_STAGES:
+            raise ValueError(f"resnet out_stages {config.out_stages} must be in 0..{RESNET_STAGES - 1}")
+        self.out_stages = tuple(sorted(config.out_stages))
+        self.encoder = ResNetFeatures(
+            f"resnet{config.resnet_depth}", pretrained=False, spatial_dims=SPATIAL_DIMS, in_channels=config.in_channels
+        )
+        expansion = self.encoder.layer1[0].expansion
+        stage_channels = [get_inplanes()[0]] + [c * expansion for c in get_inplanes()]
+        self.first, self.last = min(self.out_stages), max(self.out_stages)
+        # Layers deeper than the coarsest requested stage would get no gradient: skip them.
+        for stage in range(self.last + 1, RESNET_STAGES):
+            setattr(self.encoder, f"layer{stage}", nn.Identity())
+        self.fpn = FeaturePyramidNetwork(SPATIAL_DIMS, stage_channels[self.first : self.last + 1], config.fpn_channels)
+        # The FPN builds an output conv for every input level; drop the ones of levels nobody asked for.
+        for offset, stage in enumerate(range(self.first, self.last + 1)):
+            if stage not in self.out_stages:
+                self.fpn.layer_blocks[offset] = nn.Identity()
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        features = self.encoder(images)
+        named = {str(stage): features[stage] for stage in range(self.first, self.last + 1)}
+        pyramid = self.fpn(named)
+        return [pyramid[str(stage)] for stage in self.out_stages]
+
+
+def build_backbone(config: BackboneConfig) -> nn.Module:
+    """The configured backbone; its forward maps ``[B, C, D0, D1, D2]`` to a list of ``[B, F, d0, d1, d2]``."""
+    if config.kind == "fpn":
+        return FPNBackbone(config)
+    if config.kind == "resnet":
+        return ResNetFPNBackbone(config)
+    raise ValueError(f"unknown backbone kind {config.kind!r}")

@@ -1,0 +1,112 @@
+"""The Organ-DETR network: CNN feature pyramid -> MSA encoder -> deformable DETR decoder -> heads.
+
+``OrganDETR.forward(images)`` returns a DETR-style dict:
+
+* ``pred_logits`` ``[B, N, K+1]``: class logits, index ``K`` = no object;
+* ``pred_boxes`` ``[B, N, 6]``: sigmoid-normalised ``(c0, c1, c2, s0, s1, s2)`` in array-axis order;
+* ``aux_outputs``: the same two keys for every decoder layer but the last;
+* ``seg_logits`` (training, or ``return_segmentation=True``, when the config has segmentation heads): one
+  ``[B, K+1, d0, d1, d2]`` map per MSA output level, finest first (channel = label value, 0 = background).
+
+With ``ModelConfig.msa.enabled = False`` the FPN levels go straight (1x1x1-projected to ``d_model`` when needed)
+to the decoder and the segmentation heads: the no-MSA baseline.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .backbone import backbone_divisor, backbone_stride, build_backbone
+from .config import ModelConfig
+from .decoder import DeformableDecoder, DeformableEncoder
+from .msa import MultiScaleAttentionEncoder
+
+
+def _lcm(values: list[int]) -> int:
+    result = 1
+    for value in values:
+        result = result * value // math.gcd(result, value)
+    return result
+
+
+class OrganDETR(nn.Module):
+    """Organ-DETR detector; see the module docstring for the output dict."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d_model = config.decoder.d_model
+        fpn_channels = config.backbone.fpn_channels
+        num_levels = len(config.backbone.out_stages)
+        self.backbone = build_backbone(config.backbone)
+        if config.msa.enabled:
+            self.msa: nn.Module | None = MultiScaleAttentionEncoder(fpn_channels, d_model, num_levels, config.msa)
+            self.input_proj = None
+        else:
+            self.msa = None
+            self.input_proj = nn.ModuleList(
+                nn.Identity() if fpn_channels == d_model else nn.Conv3d(fpn_channels, d_model, 1)
+                for _ in range(num_levels)
+            )
+        self.encoder = (
+            DeformableEncoder(config.decoder, num_levels) if config.decoder.num_encoder_layers > 0 else None
+        )
+        self.decoder = DeformableDecoder(config.decoder, num_levels, config.num_classes)
+        self.seg_heads = (
+            nn.ModuleList(nn.Conv3d(d_model, config.num_classes + 1, 1) for _ in range(num_levels))
+            if config.segmentation_heads
+            else None
+        )
+
+    @property
+    def size_divisor(self) -> int:
+        """Every spatial input dimension must be a multiple of this (encoder halvings and MSA patching)."""
+        factors = [backbone_divisor(self.config.backbone)]
+        if self.config.msa.enabled:
+            patch = self.config.msa.patch_size
+            factors += [backbone_stride(stage) * patch for stage in self.config.backbone.out_stages]
+        return _lcm(factors)
+
+    def check_input_size(self, spatial_size: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` unless ``spatial_size`` (3 values) suits the pyramid and the MSA patching."""
+        divisor = self.size_divisor
+        if len(spatial_size) != 3 or any(size % divisor or size == 0 for size in spatial_size):
+            raise ValueError(
+                f"input spatial size {tuple(spatial_size)} must be 3 positive multiples of {divisor} "
+                "(backbone downsampling x MSA patch size)"
+            )
+
+    def forward(self, images: Tensor, return_segmentation: bool | None = None) -> dict:
+        """``images`` ``[B, 1, D0, D1, D2]`` -> prediction dict (see module docstring)."""
+        if images.dim() != 5:
+            raise ValueError(f"expected images [B, C, D0, D1, D2], got shape {tuple(images.shape)}")
+        self.check_input_size(tuple(images.shape[2:]))
+        features = self.backbone(images)
+        if self.msa is not None:
+            levels = self.msa(features)
+        else:
+            levels = [proj(feature) for proj, feature in zip(self.input_proj, features)]
+        spatial_shapes = [tuple(level.shape[2:]) for level in levels]
+        memory = self._flatten(levels)
+        if self.encoder is not None:
+            memory = self.encoder(memory, spatial_shapes)
+        predictions = self.decoder(memory, spatial_shapes)
+        outputs: dict = dict(predictions[-1])
+        outputs["aux_outputs"] = predictions[:-1]
+        want_segmentation = self.training if return_segmentation is None else return_segmentation
+        if want_segmentation and self.seg_heads is not None:
+            outputs["seg_logits"] = [head(level) for head, level in zip(self.seg_heads, levels)]
+        return outputs
+
+    @staticmethod
+    def _flatten(levels: list[Tensor]) -> Tensor:
+        """Concatenate ``[B, C, d0, d1, d2]`` maps into a ``[B, S, C]`` token memory (row-major per level)."""
+        return torch.cat([level.flatten(2).transpose(1, 2) for level in levels], dim=1)
+
+
+def build_model(config: ModelConfig) -> OrganDETR:
+    """Build an :class:`OrganDETR` from its configuration."""
+    return OrganDETR(config)
