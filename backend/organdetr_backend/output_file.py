@@ -1,0 +1,48 @@
+"""Atomic creation of output files that a library writes by path (PNG figures, images written by SimpleITK)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from organdetr.errors import UserInputError
+
+
+def full_suffix(path: Path) -> str:
+    """The extension that selects a writer, including double ones such as ``.nii.gz``."""
+    name = path.name.lower()
+    for double in (".nii.gz", ".mrk.json"):
+        if name.endswith(double):
+            return double
+    return path.suffix.lower()
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    """Refuse an existing file (unless ``overwrite``) and a missing folder, with one-line messages."""
+    if path.exists() and not overwrite:
+        raise UserInputError(f"{path}: already exists; choose another name or pass --overwrite")
+    if path.exists() and path.is_dir():
+        raise UserInputError(f"{path}: is a folder, not a file")
+    if not path.parent.is_dir():
+        raise UserInputError(f"{path}: folder {path.parent} does not exist")
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder (same extension); on success it replaces ``path`` atomically.
+
+    Readers never see a partial file; an existing file is only replaced with ``overwrite``.
+    """
+    path = Path(path)
+    check_writable(path, overwrite)
+    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=full_suffix(path), dir=path.parent)
+    os.close(descriptor)
+    temp = Path(temp_name)
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
