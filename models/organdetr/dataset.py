@@ -1,0 +1,361 @@
+"""Training data: MSD-style ``dataset.json`` parsing, cached shared preprocessing, augmentation, collation.
+
+``dataset.json`` follows the Medical Segmentation Decathlon convention: ``labels`` maps label values to organ
+names (``"0"`` is background), and the splits ``training`` / ``validation`` / ``test`` list ``{"image", "label"}``
+entries with paths relative to the file. An optional per-case ``annotated`` list names the organs contoured in that
+case (partial labels); without it every organ is taken as annotated.
+
+Each case is read with SimpleITK and run through the SHARED preprocessing of :mod:`organdetr.preprocess` exactly
+once (:class:`CaseCache`, in memory and optionally on disk), so later epochs never touch NIfTI again. Random
+augmentation (MONAI) then acts on the cached image and label map together, and the ground-truth boxes are recomputed
+from the augmented label map, never transformed as boxes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai import transforms as mt
+
+from .box_ops import boxes_from_label_map
+from .config import PreprocessConfig
+from .errors import UserInputError
+from .preprocess import PreprocessedVolume, index_to_physical_matrix, preprocess_image, preprocess_label
+
+SPLITS = ("training", "validation", "test")
+# Organs smaller than this (after resampling / augmentation) are fragments, not detectable objects (as in v1).
+MIN_OBJECT_VOXELS = 5
+# Cache format version: bump when the cached content changes so stale files are rebuilt, not misread.
+_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """One ``{"image", "label"}`` entry of a split, with absolute paths and its annotated organs."""
+
+    name: str
+    image: Path
+    label: Path
+    annotated: tuple[str, ...]  # organ names contoured in this case (all organs when the entry does not say)
+
+
+@dataclass(frozen=True)
+class DatasetDescription:
+    """A parsed ``dataset.json``: organ names in label-value order and the requested splits."""
+
+    path: Path
+    name: str
+    class_names: tuple[str, ...]  # class index c = label value c + 1
+    splits: dict[str, tuple[CaseRecord, ...]]
+
+    def summary(self) -> dict[str, Any]:
+        """What a checkpoint records about its training data (``DetectorConfig.training_data``)."""
+        return {
+            "name": self.name,
+            "dataset_json": str(self.path),
+            "class_names": list(self.class_names),
+            "splits": {split: len(cases) for split, cases in self.splits.items()},
+        }
+
+    def check_class_names(self, class_names: Sequence[str]) -> None:
+        """Raise a clear error when a model's organ names (in order) differ from the dataset's labels."""
+        if tuple(class_names) != self.class_names:
+            raise UserInputError(
+                f"{self.path}: labels {list(self.class_names)} do not match the model's classes {list(class_names)}"
+            )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserInputError(f"dataset file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserInputError(f"cannot read dataset file {path}: {error}") from None
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: expected a JSON object with 'labels' and split lists")
+    return data
+
+
+def _parse_labels(path: Path, labels: Any) -> tuple[str, ...]:
+    """``{"0": "background", "1": "Brainstem", ...}`` -> organ names for label values 1..K (no gaps)."""
+    if not isinstance(labels, dict) or not labels:
+        raise UserInputError(f"{path}: 'labels' must be an object mapping label values to organ names")
+    try:
+        by_value = {int(value): str(name) for value, name in labels.items()}
+    except ValueError:
+        raise UserInputError(f"{path}: 'labels' keys must be integer label values, got {list(labels)}") from None
+    organs = sorted(value for value in by_value if value != 0)
+    if organs != list(range(1, len(organs) + 1)):
+        raise UserInputError(f"{path}: organ label values must be 1..K without gaps, got {organs}")
+    names = tuple(by_value[value] for value in organs)
+    if len(set(names)) != len(names):
+        raise UserInputError(f"{path}: organ names in 'labels' must be unique, got {list(names)}")
+    return names
+
+
+def _parse_case(path: Path, split: str, index: int, entry: Any, class_names: tuple[str, ...]) -> CaseRecord:
+    where = f"{path}: {split}[{index}]"
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("image"), str)
+        or not isinstance(entry.get("label"), str)
+    ):
+        raise UserInputError(f"{where} must be an object with 'image' and 'label' paths")
+    files = {key: (path.parent / entry[key]).resolve() for key in ("image", "label")}
+    for key, file in files.items():
+        if not file.is_file():
+            raise UserInputError(f"{where}: {key} file not found: {file}")
+    annotated = entry.get("annotated", list(class_names))
+    if not isinstance(annotated, list) or not all(isinstance(name, str) for name in annotated):
+        raise UserInputError(f"{where}: 'annotated' must be a list of organ names")
+    unknown = sorted(set(annotated) - set(class_names))
+    if unknown:
+        raise UserInputError(f"{where}: annotated organs {unknown} are not in 'labels' {list(class_names)}")
+    name = files["image"].parent.name if files["image"].name.startswith("ct.") else files["image"].name.split(".")[0]
+    return CaseRecord(name=name, image=files["image"], label=files["label"], annotated=tuple(annotated))
+
+
+def load_dataset_json(path: str | Path, splits: Sequence[str] = ("training",)) -> DatasetDescription:
+    """Parse and check an MSD-style ``dataset.json``; every requested split must exist and be non-empty.
+
+    Raises :class:`UserInputError` with the offending file and entry for unreadable or malformed JSON, missing
+    splits, missing image/label files and ``annotated`` organ names that are not in ``labels``.
+    """
+    path = Path(path).expanduser().resolve()
+    data = _read_json(path)
+    class_names = _parse_labels(path, data.get("labels"))
+    parsed: dict[str, tuple[CaseRecord, ...]] = {}
+    for split in splits:
+        entries = data.get(split)
+        if not isinstance(entries, list) or not entries:
+            available = [key for key in SPLITS if isinstance(data.get(key), list) and data[key]]
+            raise UserInputError(f"{path}: no '{split}' split (non-empty list); available splits: {available}")
+        parsed[split] = tuple(_parse_case(path, split, i, entry, class_names) for i, entry in enumerate(entries))
+    return DatasetDescription(
+        path=path, name=str(data.get("name", path.parent.name)), class_names=class_names, splits=parsed
+    )
+
+
+def available_splits(path: str | Path) -> list[str]:
+    """The non-empty splits a ``dataset.json`` lists (without checking the files)."""
+    data = _read_json(Path(path).expanduser().resolve())
+    return [split for split in SPLITS if isinstance(data.get(split), list) and data[split]]
+
+
+@dataclass
+class PreprocessedCase:
+    """A case after the shared preprocessing, as held in the cache."""
+
+    name: str
+    image: torch.Tensor  # [1, D0, D1, D2] float16 in [0, 1] (half the memory; ~1 HU resolution is plenty)
+    label_map: torch.Tensor  # [D0, D1, D2] uint8 label values on the network grid
+    annotated: torch.Tensor  # [K] bool
+    index_to_network: np.ndarray  # 4x4, see PreprocessedVolume
+    network_spacing_mm: np.ndarray  # [3] physical size of one network voxel along each network axis
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def volume(self) -> PreprocessedVolume:
+        """The network input in the form the shared inference path takes."""
+        return PreprocessedVolume(image=self.image.float(), index_to_network=self.index_to_network)
+
+
+def network_spacing_mm(image: sitk.Image, index_to_network: np.ndarray) -> np.ndarray:
+    """Physical length (mm) of one network voxel step along each network axis."""
+    network_to_physical = index_to_physical_matrix(image) @ np.linalg.inv(index_to_network)
+    return np.linalg.norm(network_to_physical[:3, :3], axis=0)
+
+
+def _read_image(path: Path, what: str) -> sitk.Image:
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise UserInputError(f"cannot read {what} {path}: {str(error).strip().splitlines()[-1]}") from None
+
+
+def preprocess_case(record: CaseRecord, class_names: Sequence[str], config: PreprocessConfig) -> PreprocessedCase:
+    """Read a case's CT and label map and apply the shared preprocessing."""
+    image = _read_image(record.image, "image")
+    label = _read_image(record.label, "label map")
+    if image.GetSize() != label.GetSize():
+        raise UserInputError(f"{record.name}: image size {image.GetSize()} != label size {label.GetSize()}")
+    volume = preprocess_image(image, config)
+    label_map = preprocess_label(label, config)
+    num_classes = len(class_names)
+    if int(label_map.min()) < 0 or int(label_map.max()) > num_classes:
+        raise UserInputError(f"{record.name}: label values outside 0..{num_classes} in {record.label}")
+    annotated = torch.tensor([name in record.annotated for name in class_names])
+    # A contoured organ is annotated whatever the list says (the list can only add organs known to be absent).
+    annotated[torch.unique(label_map)[torch.unique(label_map) > 0] - 1] = True
+    return PreprocessedCase(
+        name=record.name,
+        image=volume.image.half(),
+        label_map=label_map.to(torch.uint8),
+        annotated=annotated,
+        index_to_network=volume.index_to_network,
+        network_spacing_mm=network_spacing_mm(image, volume.index_to_network),
+    )
+
+
+class CaseCache:
+    """Preprocess each case once; keep the result in memory and, with ``directory``, on disk (``.npz``).
+
+    Disk entries are keyed by the image/label paths, their sizes and modification times, the class names and the
+    preprocessing settings, so a changed file or setting is re-preprocessed instead of read stale.
+    """
+
+    def __init__(self, class_names: Sequence[str], config: PreprocessConfig, directory: str | Path | None = None):
+        self.class_names = tuple(class_names)
+        self.config = config
+        self.directory = Path(directory) if directory is not None else None
+        self._memory: dict[tuple[Path, Path], PreprocessedCase] = {}
+
+    def _key(self, record: CaseRecord) -> str:
+        stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (record.image, record.label)]
+        text = json.dumps([_CACHE_VERSION, stats, self.class_names, self.config.__dict__], default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def get(self, record: CaseRecord) -> PreprocessedCase:
+        memory_key = (record.image, record.label)
+        if memory_key not in self._memory:
+            self._memory[memory_key] = self._load_or_build(record)
+        return self._memory[memory_key]
+
+    def _load_or_build(self, record: CaseRecord) -> PreprocessedCase:
+        if self.directory is None:
+            return preprocess_case(record, self.class_names, self.config)
+        file = self.directory / f"{record.name}-{self._key(record)}.npz"
+        if file.is_file():
+            with np.load(file) as data:
+                return PreprocessedCase(
+                    name=record.name,
+                    image=torch.from_numpy(data["image"]),
+                    label_map=torch.from_numpy(data["label_map"]),
+                    annotated=torch.from_numpy(data["annotated"]),
+                    index_to_network=data["index_to_network"],
+                    network_spacing_mm=data["network_spacing_mm"],
+                )
+        case = preprocess_case(record, self.class_names, self.config)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temporary = file.with_suffix(".tmp.npz")
+        np.savez(
+            temporary,
+            image=case.image.numpy(),
+            label_map=case.label_map.numpy(),
+            annotated=case.annotated.numpy(),
+            index_to_network=case.index_to_network,
+            network_spacing_mm=case.network_spacing_mm,
+        )
+        temporary.replace(file)
+        return case
+
+
+@dataclass
+class AugmentConfig:
+    """Random augmentation applied to the cached image and label map together (MONAI).
+
+    No flips: the organ classes are lateral (left / right parotid). The affine resampling of a 128^3 volume is the
+    costly part on CPU, so it is applied with ``affine_probability`` rather than to every sample.
+    """
+
+    affine_probability: float = 0.7
+    rotate_degrees: float = 7.5
+    zoom: float = 0.1  # scale factor drawn from [1 - zoom, 1 + zoom]
+    translate_fraction: float = 0.1
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    intensity_probability: float = 0.5
+    noise_std: float = 0.02
+    noise_probability: float = 0.2
+    smooth_sigma: tuple[float, float] = (0.5, 1.0)
+    smooth_probability: float = 0.1
+
+
+def build_augmentation(config: AugmentConfig, spatial_size: Sequence[int]) -> mt.Compose:
+    """MONAI transform chain for a ``{"image", "label"}`` dict of channel-first tensors."""
+    keys = ("image", "label")
+    return mt.Compose(
+        [
+            mt.RandAffined(
+                keys=keys,
+                prob=config.affine_probability,
+                rotate_range=[np.deg2rad(config.rotate_degrees)] * 3,
+                scale_range=[config.zoom] * 3,
+                translate_range=[config.translate_fraction * n for n in spatial_size],
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",  # 0 = intensity_min (air) after the shared intensity scaling
+                spatial_size=tuple(spatial_size),
+                cache_grid=True,
+            ),
+            mt.RandScaleIntensityd(keys="image", factors=config.intensity_scale, prob=config.intensity_probability),
+            mt.RandShiftIntensityd(keys="image", offsets=config.intensity_shift, prob=config.intensity_probability),
+            mt.RandGaussianNoised(keys="image", std=config.noise_std, prob=config.noise_probability),
+            mt.RandGaussianSmoothd(
+                keys="image",
+                sigma_x=config.smooth_sigma,
+                sigma_y=config.smooth_sigma,
+                sigma_z=config.smooth_sigma,
+                prob=config.smooth_probability,
+            ),
+        ]
+    )
+
+
+def make_target(label_map: torch.Tensor, annotated: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Criterion target of one volume: boxes recomputed from its (augmented) label map."""
+    labels, boxes = boxes_from_label_map(label_map, len(annotated), min_voxels=MIN_OBJECT_VOXELS)
+    return {"labels": labels, "boxes": boxes, "annotated": annotated.clone(), "label_map": label_map.long()}
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Cached, preprocessed cases -> ``(image [1, D0, D1, D2] float32, target dict, case name)``.
+
+    Augmentation randomness is a pure function of ``(seed, epoch, index)`` (call :meth:`set_epoch`), so a resumed
+    run sees exactly the samples an uninterrupted run would, whatever the number of loader workers.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[PreprocessedCase],
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+    ):
+        self.cases = list(cases)
+        self.seed = seed
+        self.epoch = 0
+        spatial = tuple(self.cases[0].image.shape[1:]) if self.cases else (1, 1, 1)
+        self.transform = build_augmentation(augment, spatial) if augment is not None else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], str]:
+        case = self.cases[index]
+        image, label_map = case.image.float(), case.label_map
+        if self.transform is not None:
+            self.transform.set_random_state(seed=(self.seed * 1_000_003 + self.epoch * 10_007 + index) % 2**32)
+            sample = self.transform({"image": image, "label": label_map[None].float()})
+            image = torch.as_tensor(sample["image"]).float()
+            label_map = torch.as_tensor(sample["label"])[0].round().to(torch.uint8)
+        return image, make_target(label_map, case.annotated), case.name
+
+
+def collate(
+    batch: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor], str]],
+) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]], list[str]]:
+    """Stack images; keep targets (variable number of organs) and names as lists."""
+    images, targets, names = zip(*batch, strict=True)
+    return torch.stack(images), list(targets), list(names)

@@ -1,0 +1,185 @@
+"""``organdetr evaluate``: COCO-style 3D metrics of a detector on a split of an MSD-style dataset.json.
+
+The same :func:`evaluate_cases` serves the command and the validation inside ``organdetr train``; it runs the
+shared inference path (:func:`organdetr.inference.run_detector`) on each preprocessed case and compares the boxes
+with those of the case's label map on the network grid. Boxes are converted to millimetres with the physical size of
+a network voxel, so IoU is unchanged and the centre / size errors are in mm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserInputError
+
+QUICKLOOK_COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:cyan", "tab:olive")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="trained model folder or name (default: the shipped model)")
+    parser.add_argument("--data", required=True, type=Path, help="MSD-style dataset.json")
+    parser.add_argument("--split", default="validation", help="split of dataset.json to evaluate (default validation)")
+    parser.add_argument("--output", required=True, type=Path, help="metrics JSON file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--quicklook", type=Path, default=None, help="folder for PNGs of predicted vs true boxes")
+
+
+def boxes_to_mm(boxes: torch.Tensor, shape: Sequence[int], spacing_mm: Sequence[float]) -> torch.Tensor:
+    """Normalised center-size boxes on the network grid -> center-size in mm along the network axes."""
+    extent = torch.tensor([n * s for n, s in zip(shape, spacing_mm, strict=True)], dtype=torch.float32)
+    return boxes.float() * torch.cat([extent, extent])
+
+
+def evaluate_cases(
+    model: nn.Module,
+    cases: Sequence,
+    class_names: Sequence[str],
+    device: torch.device,
+    progress: bool = False,
+    quicklook_dir: Path | None = None,
+):
+    """Detect on every :class:`~organdetr.dataset.PreprocessedCase` and return its :class:`DetectionMetrics`."""
+    from tqdm import tqdm
+
+    from .box_ops import boxes_from_label_map
+    from .dataset import MIN_OBJECT_VOXELS
+    from .inference import run_detector
+    from .metrics import ImageDetections, compute_metrics
+
+    images = []
+    for case in tqdm(cases, desc="evaluate", unit="case", disable=not progress, leave=False):
+        output = run_detector(model, case.volume(), device, top_k=1)
+        shape = case.label_map.shape
+        gt_classes, gt_boxes = boxes_from_label_map(case.label_map, len(class_names), min_voxels=MIN_OBJECT_VOXELS)
+        pred_boxes = torch.stack([organ.box for organ in output.organs]) if output.organs else torch.zeros(0, 6)
+        image = ImageDetections(
+            pred_classes=torch.tensor([organ.class_index for organ in output.organs], dtype=torch.long),
+            pred_scores=torch.tensor([organ.score for organ in output.organs], dtype=torch.float32),
+            pred_boxes=boxes_to_mm(pred_boxes, shape, case.network_spacing_mm),
+            gt_classes=gt_classes,
+            gt_boxes=boxes_to_mm(gt_boxes, shape, case.network_spacing_mm),
+            annotated=case.annotated,
+        )
+        images.append(image)
+        if quicklook_dir is not None:
+            save_quicklook(quicklook_dir / f"{case.name}.png", case, image, class_names)
+    return compute_metrics(images, class_names)
+
+
+def save_quicklook(path: Path, case, image, class_names: Sequence[str]) -> None:
+    """Three maximum-intensity projections with true (solid) and predicted (dashed) boxes of annotated organs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    volume = case.image[0].float().numpy()
+    spacing = case.network_spacing_mm
+    figure, axes = plt.subplots(1, 3, figsize=(15, 5.5))
+    for projected, ax in enumerate(axes):
+        rows, cols = [a for a in range(3) if a != projected]
+        ax.imshow(
+            volume.max(axis=projected),
+            cmap="gray",
+            origin="upper",
+            aspect="auto",
+            extent=(0, volume.shape[cols] * spacing[cols], volume.shape[rows] * spacing[rows], 0),
+        )
+        ax.set_title(f"projection along network axis {projected} (mm)")
+        for boxes, classes, style in (
+            (image.gt_boxes, image.gt_classes, "-"),
+            (image.pred_boxes, image.pred_classes, "--"),
+        ):
+            for box, k in zip(boxes, classes.tolist(), strict=True):
+                if not bool(case.annotated[k]):
+                    continue
+                centre, size = box[:3].tolist(), box[3:].tolist()
+                corner = (centre[cols] - size[cols] / 2, centre[rows] - size[rows] / 2)
+                colour = QUICKLOOK_COLOURS[k % len(QUICKLOOK_COLOURS)]
+                ax.add_patch(Rectangle(corner, size[cols], size[rows], fill=False, ls=style, lw=1.2, ec=colour))
+    handles = [
+        plt.Line2D([], [], color=QUICKLOOK_COLOURS[k % len(QUICKLOOK_COLOURS)], label=name)
+        for k, name in enumerate(class_names)
+    ]
+    handles += [
+        plt.Line2D([], [], color="k", ls="-", label="true"),
+        plt.Line2D([], [], color="k", ls="--", label="predicted"),
+    ]
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize="small")
+    figure.suptitle(case.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def format_table(metrics) -> str:
+    """A readable per-organ table and the summary line."""
+
+    def cell(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
+        return "-" if value is None else f"{value * scale:.{digits}f}"
+
+    header = f"{'organ':<16}{'n':>5}{'AP':>7}{'AP50':>7}{'AP75':>7}{'AR':>7}{'IoU':>7}{'centre mm':>11}{'size mm':>9}"
+    lines = [header, "-" * len(header)]
+    for c in metrics.per_class:
+        lines.append(
+            f"{c.name:<16}{c.num_gt:>5}{cell(c.AP):>7}{cell(c.AP50):>7}{cell(c.AP75):>7}{cell(c.AR):>7}"
+            f"{cell(c.mean_iou):>7}{cell(c.centre_error_mm, 1):>11}{cell(c.size_error_mm, 1):>9}"
+        )
+    lines.append("-" * len(header))
+    lines.append(
+        f"mAP {cell(metrics.mAP)}  AP50 {cell(metrics.AP50)}  AP75 {cell(metrics.AP75)}  mAR {cell(metrics.mAR)}  "
+        f"mAP_nndet {cell(metrics.mAP_nndet)}  (percent, {metrics.num_images} images; '-' = no ground truth)"
+    )
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON through a temporary file in the same folder and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+        os.replace(temp, path)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .dataset import CaseCache, load_dataset_json
+    from .inference import select_device
+
+    if args.output.exists() and not args.overwrite:
+        raise UserInputError(f"{args.output} exists; pass --overwrite to replace it")
+    device = select_device(args.device)
+    loaded = load_checkpoint(args.model, device)
+    description = load_dataset_json(args.data, (args.split,))
+    description.check_class_names(loaded.config.class_names)
+    cache = CaseCache(loaded.config.class_names, loaded.config.preprocess)
+    cases = [cache.get(record) for record in description.splits[args.split]]
+    metrics = evaluate_cases(
+        loaded.model, cases, loaded.config.class_names, device, progress=True, quicklook_dir=args.quicklook
+    )
+    result = {
+        **metrics.to_dict(),
+        "model": str(loaded.directory),
+        "weights_sha256": loaded.weights_sha256,
+        "data": str(description.path),
+        "split": args.split,
+        "device": str(device),
+    }
+    write_json_atomic(args.output, result)
+    print(format_table(metrics))
+    print(f"wrote {args.output}")
+    return 0
