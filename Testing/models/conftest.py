@@ -1,4 +1,4 @@
-"""Fixtures for the detection-head tests: network-shaped outputs built from random tensors."""
+"""Fixtures for the detection-head tests: network-shaped outputs from random tensors, a tiny real network config."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import SimpleITK as sitk
 import torch
+from organdetr.config import BackboneConfig, DecoderConfig, DetectorConfig, ModelConfig, MSAConfig, PreprocessConfig
+from organdetr.preprocess import PreprocessedVolume, preprocess_image, preprocess_label
 
 
 def random_boxes(count: int, generator: torch.Generator) -> torch.Tensor:
@@ -52,3 +55,24 @@ def make_targets() -> Callable[..., list[dict[str, torch.Tensor]]]:
         ]
 
     return make
+
+
+@pytest.fixture
+def tiny_config() -> DetectorConfig:
+    """The default 7 head-and-neck organs with a network small enough for CPU tests at 32^3 input."""
+    model = ModelConfig(
+        num_classes=7,
+        backbone=BackboneConfig(stage_channels=(8, 16, 32, 32), fpn_channels=32),
+        msa=MSAConfig(num_heads=2, depth=1, ffn_dim=64),
+        decoder=DecoderConfig(d_model=32, num_heads=2, ffn_dim=64, num_layers=2, num_queries=20),
+    )
+    return DetectorConfig(model=model, preprocess=PreprocessConfig(spatial_size=(32, 32, 32)))
+
+
+@pytest.fixture
+def head_neck_volume(head_neck_case, tiny_config) -> tuple[PreprocessedVolume, torch.Tensor]:
+    """OpenKBP pt_201 CT and organ label map preprocessed to the tiny network's 32^3 grid."""
+    ct_path, label_path = head_neck_case
+    volume = preprocess_image(sitk.ReadImage(str(ct_path)), tiny_config.preprocess)
+    label_map = preprocess_label(sitk.ReadImage(str(label_path)), tiny_config.preprocess)
+    return volume, label_map

@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 from monai.losses import DiceCELoss
+from organdetr.box_ops import boxes_from_label_map
 from organdetr.config import LossConfig, MatcherConfig
 from organdetr.criterion import SetCriterion
 from organdetr.matcher import DenseQueryMatcher
+from organdetr.organ_detr import build_model
 
 NUM_CLASSES = 3
 GT_BOX = [0.5, 0.5, 0.5, 0.2, 0.2, 0.2]
@@ -136,3 +138,32 @@ def test_images_without_organs(make_outputs) -> None:
     assert losses["loss_bbox"].item() == losses["loss_giou"].item() == 0.0
     losses["loss"].backward()
     assert torch.isfinite(outputs["pred_logits"].grad).all()
+
+
+def test_loss_decreases_when_training_the_real_network(tiny_config, head_neck_volume) -> None:
+    """A few AdamW steps of the real network on one real CT lower the total loss on that CT."""
+    torch.manual_seed(0)
+    volume, label_map = head_neck_volume
+    classes, boxes = boxes_from_label_map(label_map, tiny_config.model.num_classes)
+    assert classes.numel() >= 5  # pt_201 shows most of the 7 organs at 32^3
+    targets = [{"labels": classes, "boxes": boxes, "label_map": label_map}]
+    model = build_model(tiny_config.model)
+    criterion = SetCriterion(tiny_config.model.num_classes, DenseQueryMatcher(tiny_config.matcher), tiny_config.loss)
+    images = volume.image[None]
+
+    def evaluation_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return criterion(model(images, return_segmentation=True), targets)["loss"].item()
+
+    before = evaluation_loss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(4):
+        model.train()
+        losses = criterion(model(images), targets)
+        assert "loss_seg" in losses and "loss_class_aux0" in losses
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+    after = evaluation_loss()
+    assert after < 0.9 * before, (before, after)

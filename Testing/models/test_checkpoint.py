@@ -1,0 +1,98 @@
+"""Checkpoints: safetensors + config.json round trip, and one-line errors for every broken folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from organdetr.checkpoint import CONFIG_FILE, DEFAULT_MODEL_DIR, WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from organdetr.errors import UserInputError
+from organdetr.organ_detr import build_model
+from safetensors import safe_open
+
+
+@pytest.fixture
+def saved(tmp_path, tiny_config) -> tuple[Path, torch.nn.Module]:
+    torch.manual_seed(3)
+    model = build_model(tiny_config.model).eval()
+    return save_checkpoint(tmp_path / "model", model, tiny_config), model
+
+
+def test_round_trip_gives_identical_outputs(saved, tiny_config) -> None:
+    directory, model = saved
+    loaded = load_checkpoint(directory)
+    assert not loaded.model.training
+    assert loaded.config == tiny_config
+    assert loaded.directory == directory
+    assert loaded.weights_sha256 == hashlib.sha256((directory / WEIGHTS_FILE).read_bytes()).hexdigest()
+    with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as weights:
+        assert json.loads(weights.metadata()["class_names"]) == list(tiny_config.class_names)
+    images = torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, actual = model(images), loaded.model(images)
+    assert torch.equal(expected["pred_logits"], actual["pred_logits"])
+    assert torch.equal(expected["pred_boxes"], actual["pred_boxes"])
+    assert not list(directory.glob("*.tmp"))  # no leftovers of the atomic writes
+
+
+def test_existing_checkpoint_is_not_overwritten_silently(saved, tiny_config) -> None:
+    directory, model = saved
+    with pytest.raises(UserInputError, match="already exists"):
+        save_checkpoint(directory, model, tiny_config)
+    save_checkpoint(directory, model, tiny_config, overwrite=True)
+    load_checkpoint(directory)
+
+
+def test_corrupt_weights(saved) -> None:
+    directory, _ = saved
+    data = (directory / WEIGHTS_FILE).read_bytes()
+    (directory / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserInputError, match="cannot read weights"):
+        load_checkpoint(directory)
+    (directory / WEIGHTS_FILE).write_bytes(b"\x80\x04not a safetensors file")
+    with pytest.raises(UserInputError, match="cannot read weights"):
+        load_checkpoint(directory)
+
+
+def test_missing_files(saved, tmp_path) -> None:
+    directory, _ = saved
+    (directory / CONFIG_FILE).unlink()
+    with pytest.raises(UserInputError, match=r"config\.json missing"):
+        load_checkpoint(directory)
+    with pytest.raises(UserInputError, match="model folder not found"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def edit_config(directory: Path, edit) -> None:
+    data = json.loads((directory / CONFIG_FILE).read_text())
+    edit(data)
+    (directory / CONFIG_FILE).write_text(json.dumps(data))
+
+
+def test_weights_that_do_not_fit_the_config(saved) -> None:
+    directory, _ = saved
+    edit_config(directory, lambda data: data["model"]["decoder"].update(num_queries=30))
+    with pytest.raises(UserInputError, match=r"do not fit its config\.json: .*wrong shapes") as error:
+        load_checkpoint(directory)
+    assert "\n" not in str(error.value)
+
+
+def test_bad_config(saved) -> None:
+    directory, _ = saved
+    edit_config(directory, lambda data: data["model"].update(colour="blue"))
+    with pytest.raises(UserInputError, match="unknown ModelConfig keys"):
+        load_checkpoint(directory)
+    (directory / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(UserInputError, match="invalid"):
+        load_checkpoint(directory)
+
+
+def test_default_model() -> None:
+    if (DEFAULT_MODEL_DIR / WEIGHTS_FILE).is_file():
+        assert load_checkpoint("default").directory == DEFAULT_MODEL_DIR
+    else:
+        with pytest.raises(UserInputError, match="no shipped model found"):
+            load_checkpoint(None)

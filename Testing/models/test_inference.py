@@ -1,0 +1,47 @@
+"""The shared inference path on a real CT with the real (untrained) network, and device selection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from organdetr.errors import UserInputError
+from organdetr.inference import run_detector, select_device
+from organdetr.organ_detr import build_model
+
+
+def test_run_detector_on_a_real_ct(tiny_config, head_neck_volume) -> None:
+    volume, _ = head_neck_volume
+    torch.manual_seed(0)
+    model = build_model(tiny_config.model).train()
+    result = run_detector(model, volume, torch.device("cpu"), top_k=2, segmentation=True)
+    assert model.training  # mode restored for training loops that validate with this path
+    assert [organ.class_index for organ in result.organs] == list(range(tiny_config.model.num_classes))
+    for organ in result.organs:
+        assert 0.0 <= organ.score <= 1.0 and organ.box.shape == (6,)
+        assert len(organ.candidates) == 1
+    assert result.segmentation is not None
+    assert result.segmentation.shape == volume.network_shape and result.segmentation.dtype == torch.long
+    assert int(result.segmentation.min()) >= 0 and int(result.segmentation.max()) <= tiny_config.model.num_classes
+    # Eval mode is deterministic: the same volume gives the same detections.
+    again = run_detector(model, volume, torch.device("cpu"), top_k=2)
+    assert again.segmentation is None
+    assert all(torch.equal(a.box, b.box) for a, b in zip(result.organs, again.organs, strict=True))
+
+
+def test_segmentation_requires_heads(tiny_config, head_neck_volume) -> None:
+    tiny_config.model.segmentation_heads = False
+    model = build_model(tiny_config.model)
+    with pytest.raises(UserInputError, match="no segmentation heads"):
+        run_detector(model, head_neck_volume[0], torch.device("cpu"), segmentation=True)
+
+
+def test_select_device() -> None:
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert select_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(UserInputError, match="no CUDA GPU"):
+            select_device("cuda")
+    with pytest.raises(UserInputError, match="unknown device"):
+        select_device("tpu")

@@ -1,0 +1,140 @@
+"""Saving and loading trained detectors: a folder with ``model.safetensors`` and ``config.json``.
+
+Weights are stored with safetensors only (no pickle, so loading a checkpoint cannot run code). ``config.json`` is
+the full :class:`DetectorConfig` (network sizes, class names, preprocessing), so a folder is self-describing.
+Every problem with a checkpoint folder is reported as a one-line :class:`UserInputError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save_file
+from torch import nn
+
+from . import __version__
+from .config import DetectorConfig
+from .errors import UserInputError
+from .organ_detr import build_model
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+DEFAULT_MODEL_NAME = "default"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "pretrained" / "openkbp-small"
+
+
+@dataclass
+class LoadedDetector:
+    """A network ready for inference and what it was trained with."""
+
+    model: nn.Module  # in eval mode, on the requested device
+    config: DetectorConfig
+    weights_sha256: str  # of model.safetensors: identifies the exact weights in results
+    directory: Path
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through ``write(temp_path)`` to a temporary file in the same folder, then rename it into place."""
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    temp = Path(temp_name)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, config: DetectorConfig, overwrite: bool = False) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` to ``directory`` (created if needed); returns the folder.
+
+    An existing checkpoint in ``directory`` is only replaced with ``overwrite=True``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights_path, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
+    if not overwrite and (weights_path.exists() or config_path.exists()):
+        raise UserInputError(f"a checkpoint already exists in {directory}; choose another folder")
+    # Independent contiguous copies: safetensors refuses tensors that share memory (e.g. tied heads).
+    state = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
+    metadata = {
+        "format": "pt",
+        "producer": f"organdetr {__version__}",
+        "class_names": json.dumps(list(config.class_names)),
+    }
+    _atomic_write(weights_path, lambda temp: save_file(state, str(temp), metadata=metadata))
+    _atomic_write(config_path, lambda temp: temp.write_text(config.to_json()))
+    return directory
+
+
+def _resolve(ref: str | Path | None) -> Path:
+    if ref is None or str(ref) == DEFAULT_MODEL_NAME:
+        if not (DEFAULT_MODEL_DIR / WEIGHTS_FILE).is_file():
+            raise UserInputError(f"no shipped model found at {DEFAULT_MODEL_DIR}; pass the folder of a trained model")
+        return DEFAULT_MODEL_DIR
+    directory = Path(ref).expanduser()
+    if not directory.is_dir():
+        raise UserInputError(f"model folder not found: {directory}")
+    return directory
+
+
+def _check_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """One-line description of every key or shape difference between ``state`` and ``model``."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{name} {list(state[name].shape)} != {list(shape)}"
+        for name, shape in expected.items()
+        if name in state and tuple(state[name].shape) != shape
+    ]
+    problems = [
+        f"{len(items)} {kind} (first: {items[0]})"
+        for kind, items in (
+            ("missing tensors", missing),
+            ("unexpected tensors", unexpected),
+            ("wrong shapes", mismatched),
+        )
+        if items
+    ]
+    if problems:
+        raise UserInputError(f"weights in {path} do not fit its config.json: {'; '.join(problems)}")
+
+
+def load_checkpoint(ref: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedDetector:
+    """Load the model folder ``ref`` (``None`` or ``"default"``: the shipped model) onto ``device``, in eval mode."""
+    directory = _resolve(ref)
+    weights_path, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise UserInputError(f"{path.name} missing in model folder {directory}")
+    try:
+        config = DetectorConfig.from_json_file(config_path)
+    except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+        raise UserInputError(f"invalid {config_path}: {error}") from None
+    # Hash the very bytes that are loaded, so the reported digest identifies the weights in use.
+    data = weights_path.read_bytes()
+    try:
+        state = load(data)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserInputError(f"cannot read weights {weights_path}: {error}") from None
+    try:
+        model = build_model(config.model)
+    except (ValueError, TypeError) as error:
+        raise UserInputError(f"cannot build the network described in {config_path}: {error}") from None
+    _check_state(model, state, weights_path)
+    model.load_state_dict(state)
+    return LoadedDetector(
+        model=model.to(device).eval(),
+        config=config,
+        weights_sha256=hashlib.sha256(data).hexdigest(),
+        directory=directory,
+    )
