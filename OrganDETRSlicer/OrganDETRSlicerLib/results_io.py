@@ -1,0 +1,56 @@
+"""Export the boxes of a volume (our JSON, Slicer .mrk.json, CSV) and import our JSON back onto a volume.
+
+Writers are the backend's (organdetr_backend.export): atomic, and they refuse to overwrite unless asked. An import is
+validated completely (schema, organ names, and that the result's image geometry is this volume's grid) before the
+scene is touched, so a refused file leaves the scene exactly as it was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from organdetr.errors import UserInputError
+from organdetr_backend.export import read_result_json, write_csv, write_markups, write_result_json
+from organdetr_backend.schema import DetectionResult
+
+from .roi_nodes import create_rois, rois_to_result
+from .volume_geometry import VolumeGeometry, volume_geometry
+
+# File name ending -> writer; ".mrk.json" must be tested before ".json".
+EXPORT_FORMATS = ((".mrk.json", write_markups), (".json", write_result_json), (".csv", write_csv))
+
+
+def export_format(path: str | Path):
+    """The writer for a file name, by its ending."""
+    name = Path(path).name.lower()
+    for ending, writer in EXPORT_FORMATS:
+        if name.endswith(ending):
+            return writer
+    endings = ", ".join(ending for ending, _ in EXPORT_FORMATS)
+    raise UserInputError(f"{Path(path).name}: unknown export format; use a file name ending in {endings}")
+
+
+def export_boxes(scene, volume_node, path: str | Path, overwrite: bool = False) -> Path:
+    """Write the volume's current boxes (with source flags and the input's geometry) in the format of the name."""
+    writer = export_format(path)
+    return writer(rois_to_result(scene, volume_node), path, overwrite=overwrite)
+
+
+def check_result_matches_volume(result: DetectionResult, volume_node, name: str = "result") -> None:
+    """Refuse (UserInputError) a result computed on an image whose voxels are not the volume's voxels."""
+    volume = volume_geometry(volume_node)
+    if VolumeGeometry.from_image_info(result.image).same_voxels_as(volume):
+        return
+    problems = volume.mismatches(result.image.shape, result.image.spacing, result.image.origin, result.image.direction)
+    if problems:
+        raise UserInputError(
+            f"{name} was computed on a different image than '{volume_node.GetName()}' "
+            f"({'; '.join(problems)}); select the matching volume"
+        )
+
+
+def import_boxes(scene, volume_node, path: str | Path) -> list:
+    """Recreate the boxes of a result JSON on the volume (replacing its previous boxes); nothing changes on error."""
+    result = read_result_json(path)
+    check_result_matches_volume(result, volume_node, Path(path).name)
+    return create_rois(scene, volume_node, result, replace=True)
