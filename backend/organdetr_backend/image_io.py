@@ -9,11 +9,13 @@ SimpleITK reads it: physical coordinates are LPS millimetres.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,22 +32,26 @@ ZIP_SUFFIX = ".zip"
 MODALITY_TAG = "0008|0060"
 SERIES_UID_TAG = "0020|000e"
 CT_MODALITY = "CT"
+GZIP_SUFFIX = ".gz"
+_CHUNK_BYTES = 1 << 20
+_MAX_HEADER_BYTES = 1 << 20  # room for a header and extensions in front of the voxels of a compressed file
+_NIFTI_HEADER_BYTES = 348
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Integer pixel types that hold CT numbers exactly in int16; everything else is read as float32.
 _INT16_COMPATIBLE = frozenset({sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16})
-_SCALAR_PIXEL_TYPES = frozenset(
-    {
-        sitk.sitkInt8,
-        sitk.sitkUInt8,
-        sitk.sitkInt16,
-        sitk.sitkUInt16,
-        sitk.sitkInt32,
-        sitk.sitkUInt32,
-        sitk.sitkInt64,
-        sitk.sitkUInt64,
-        sitk.sitkFloat32,
-        sitk.sitkFloat64,
-    }
-)
+# Scalar pixel types a CT can come in, and their size in bytes.
+_PIXEL_BYTES = {
+    sitk.sitkInt8: 1,
+    sitk.sitkUInt8: 1,
+    sitk.sitkInt16: 2,
+    sitk.sitkUInt16: 2,
+    sitk.sitkInt32: 4,
+    sitk.sitkUInt32: 4,
+    sitk.sitkInt64: 8,
+    sitk.sitkUInt64: 8,
+    sitk.sitkFloat32: 4,
+    sitk.sitkFloat64: 8,
+}
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ def _validate_geometry(
     """Refuse implausible geometry (from a header or an image) with a one-line message."""
     if components != 1:
         raise UserInputError(f"{name}: has {components} components per voxel; a CT volume has one scalar value")
-    if pixel_id not in _SCALAR_PIXEL_TYPES:
+    if pixel_id not in _PIXEL_BYTES:
         raise UserInputError(f"{name}: unsupported pixel type {sitk.GetPixelIDValueAsString(pixel_id)}")
     if dimension != 3:
         raise UserInputError(f"{name}: is a {dimension}D image of size {list(size)}; a 3D CT volume is needed")
@@ -159,6 +165,31 @@ def _to_ct_pixel_type(name: str, image: sitk.Image) -> sitk.Image:
     return image
 
 
+def _check_nifti_payload(path: Path, data_bytes: int) -> None:
+    """Make sure a NIfTI file holds all its voxels: ITK's NIfTI reader silently zero-fills a short file.
+
+    A compressed file is inflated once to its end (which also verifies its checksum).
+    """
+    name = path.name
+    if not name.lower().endswith(GZIP_SUFFIX):
+        if path.stat().st_size < data_bytes + _NIFTI_HEADER_BYTES:
+            raise UserInputError(f"{name}: file is shorter than its voxel data, truncated or corrupt")
+        return
+    # Anything beyond the voxels and a generous header is not the volume the header describes (a gzip bomb).
+    limit = data_bytes + _MAX_HEADER_BYTES
+    inflated = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(_CHUNK_BYTES):
+                inflated += len(chunk)
+                if inflated > limit:
+                    raise UserInputError(f"{name}: decompresses to more data than its header describes")
+    except (EOFError, OSError, zlib.error) as error:
+        raise UserInputError(f"{name}: truncated or corrupt compressed data ({error})") from None
+    if inflated < data_bytes + _NIFTI_HEADER_BYTES:
+        raise UserInputError(f"{name}: holds less data than its voxels need, truncated or corrupt")
+
+
 def _read_image_file(path: Path, limits: ImageLimits) -> LoadedImage:
     name = path.name
     reader = sitk.ImageFileReader()
@@ -185,6 +216,8 @@ def _read_image_file(path: Path, limits: ImageLimits) -> LoadedImage:
         direction,
         limits,
     )
+    if _suffix(path) in NIFTI_SUFFIXES:
+        _check_nifti_payload(path, int(np.prod(size)) * _PIXEL_BYTES[reader.GetPixelID()])
     try:
         image = reader.Execute()
     except RuntimeError as error:
