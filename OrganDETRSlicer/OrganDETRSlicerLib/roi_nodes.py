@@ -20,6 +20,7 @@ from organdetr.errors import UserInputError
 from organdetr_backend.schema import Detection, DetectionResult, ImageInfo, PhysicalBox, VoxelBounds
 
 from .organ_terminology import organ_term
+from .scene_nodes import place_under, remove_node
 from .volume_geometry import (
     VolumeGeometry,
     lps_to_ras_matrix,
@@ -129,14 +130,6 @@ def voxel_bounds_of_box(box: PhysicalBox, geometry: VolumeGeometry) -> VoxelBoun
 # --- nodes <-> detections -------------------------------------------------------------------------------------
 
 
-def _place_in_hierarchy(scene, node, volume_node) -> None:
-    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    volume_item = hierarchy.GetItemByDataNode(volume_node)
-    node_item = hierarchy.GetItemByDataNode(node)
-    if volume_item and node_item:
-        hierarchy.SetItemParent(node_item, volume_item)
-
-
 def _new_roi(scene, volume_node, detection: Detection, model_box: PhysicalBox | None):
     term = organ_term(detection.label)
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName(detection.label))
@@ -157,7 +150,7 @@ def _new_roi(scene, volume_node, detection: Detection, model_box: PhysicalBox | 
     _set(roi, TERMINOLOGY, term.terminology_entry())
     roi.SetDescription(f"{term.display_name}; score {detection.score:.3f}; source {detection.source}")
     set_roi_box(roi, detection.box)
-    _place_in_hierarchy(scene, roi, volume_node)
+    place_under(scene, roi, volume_node)
     return roi
 
 
@@ -165,7 +158,7 @@ def remove_rois(scene, volume_node) -> int:
     """Remove the volume's OrganDETR boxes; returns how many."""
     rois = organdetr_rois(scene, volume_node)
     for roi in rois:
-        scene.RemoveNode(roi)
+        remove_node(scene, roi)
     return len(rois)
 
 

@@ -12,6 +12,7 @@ import slicer
 from organdetr.errors import UserInputError
 
 from .organ_terminology import organ_term
+from .scene_nodes import place_under, remove_node
 
 PREVIEW_REFERENCE_ROLE = "organdetrPreviewOf"
 PREVIEW_OPACITY = 0.4  # the CT stays readable under the preview
@@ -22,7 +23,7 @@ def _read_labelmap(scene, path: Path):
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetFileName(str(path))
     if not storage.ReadData(labelmap):
-        scene.RemoveNode(labelmap)
+        remove_node(scene, labelmap)
         raise UserInputError(f"{path.name}: cannot read the segmentation preview")
     return labelmap
 
@@ -40,7 +41,7 @@ def remove_segmentation_preview(scene, volume_node) -> int:
     """Remove the volume's preview segmentations; returns how many."""
     previews = segmentation_previews(scene, volume_node)
     for node in previews:
-        scene.RemoveNode(node)
+        remove_node(scene, node)
     return len(previews)
 
 
@@ -58,17 +59,16 @@ def load_segmentation_preview(scene, volume_node, path: str | Path, class_names:
         _name_segments(segmentation, class_names, path.name)
     except BaseException:
         if segmentation is not None:
-            scene.RemoveNode(segmentation)
+            remove_node(scene, segmentation)
         raise
     finally:
-        scene.RemoveNode(labelmap)
+        remove_node(scene, labelmap)
     remove_segmentation_preview(scene, volume_node)
     segmentation.SetNodeReferenceID(PREVIEW_REFERENCE_ROLE, volume_node.GetID())
     segmentation.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
     display = segmentation.GetDisplayNode()
     display.SetOpacity(PREVIEW_OPACITY)
-    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    hierarchy.SetItemParent(hierarchy.GetItemByDataNode(segmentation), hierarchy.GetItemByDataNode(volume_node))
+    place_under(scene, segmentation, volume_node)
     return segmentation
 
 

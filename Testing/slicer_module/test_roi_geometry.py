@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import slicer
 import vtk
 from conftest import OPENKBP_CLASSES, label_derived_result
 from organdetr_backend.geometry import physical_box_to_voxel_bounds
@@ -97,6 +98,9 @@ def test_rois_land_on_label_boxes(mrml, head_neck_case, tmp_path, variant):
     rois = create_rois(mrml.scene, volume, result)
 
     assert [roi_label(roi) for roi in rois] == OPENKBP_CLASSES
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml.scene)
+    volume_item = hierarchy.GetItemByDataNode(volume)
+    assert all(hierarchy.GetItemParent(hierarchy.GetItemByDataNode(roi)) == volume_item for roi in rois)
     for roi, detection in zip(rois, result.detections, strict=True):
         assert roi.GetName() == detection.label
         assert roi.GetParentTransformNode() is volume.GetParentTransformNode()

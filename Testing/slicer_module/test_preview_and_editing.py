@@ -1,0 +1,109 @@
+"""Segmentation preview import, edited-flag tracking, manual boxes, terminology and the installation plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+from conftest import OPENKBP_CLASSES, label_derived_result
+from organdetr.errors import UserInputError
+from OrganDETRSlicerLib.dependency_installer import CONSTRAINTS_PLACEHOLDER, constraints_text, plan_installation
+from OrganDETRSlicerLib.edit_tracking import EditTracker
+from OrganDETRSlicerLib.organ_terminology import FALLBACK_PALETTE, organ_term
+from OrganDETRSlicerLib.roi_nodes import add_manual_roi, create_rois, roi_source, rois_to_result, set_rois_locked
+from OrganDETRSlicerLib.segmentation_preview import load_segmentation_preview, remove_segmentation_preview
+from vtk.util.numpy_support import vtk_to_numpy
+
+
+def test_segmentation_preview_names_colours_and_voxels(mrml, head_neck_case, tmp_path):
+    volume = mrml.load_volume(head_neck_case[0])
+    label_image = sitk.ReadImage(str(head_neck_case[1]))
+    sitk.WriteImage(sitk.Cast(label_image, sitk.sitkUInt8), str(tmp_path / "preview.nrrd"))  # as the server sends
+    expected_counts = np.bincount(sitk.GetArrayFromImage(label_image).ravel(), minlength=8)[1:]
+    nodes_before = mrml.scene.GetNumberOfNodes()
+
+    segmentation = load_segmentation_preview(mrml.scene, volume, tmp_path / "preview.nrrd", OPENKBP_CLASSES)
+
+    contents = segmentation.GetSegmentation()
+    segments = [contents.GetNthSegment(index) for index in range(contents.GetNumberOfSegments())]
+    assert [segment.GetName() for segment in segments] == OPENKBP_CLASSES
+    for segment, name, expected in zip(segments, OPENKBP_CLASSES, expected_counts, strict=True):
+        np.testing.assert_allclose(segment.GetColor(), organ_term(name).colour)
+        labelmap = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+        voxels = vtk_to_numpy(labelmap.GetPointData().GetScalars())
+        assert int(np.count_nonzero(voxels == segment.GetLabelValue())) == expected
+    assert segmentation.GetDisplayNode().GetOpacity() < 1.0
+    assert remove_segmentation_preview(mrml.scene, volume) == 1
+    assert mrml.scene.GetNumberOfNodes() == nodes_before
+
+
+def test_unreadable_preview_changes_nothing(mrml, head_neck_case, tmp_path):
+    volume = mrml.load_volume(head_neck_case[0])
+    (tmp_path / "bad.nrrd").write_bytes(b"not an image")
+    before = mrml.scene.GetNumberOfNodes()
+    with pytest.raises(UserInputError, match="cannot read"):
+        load_segmentation_preview(mrml.scene, volume, tmp_path / "bad.nrrd", OPENKBP_CLASSES)
+    assert mrml.scene.GetNumberOfNodes() == before
+
+
+def test_end_of_interaction_marks_edited(mrml, head_neck_case):
+    volume = mrml.load_volume(head_neck_case[0])
+    rois = create_rois(mrml.scene, volume, label_derived_result(*head_neck_case, OPENKBP_CLASSES))
+    changed = []
+    tracker = EditTracker(volume, on_change=changed.append)
+    tracker.track_all(rois)
+    end = slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent
+
+    rois[1].InvokeEvent(end)  # a click that moved nothing
+    assert roi_source(rois[1]) == "model" and not changed
+
+    rois[1].SetSize(*(np.array(rois[1].GetSize()) * 1.2))
+    assert roi_source(rois[1]) == "model"  # only the end of an interaction counts
+    rois[1].InvokeEvent(end)
+    assert roi_source(rois[1]) == "edited" and changed == [rois[1]]
+
+    manual = add_manual_roi(mrml.scene, volume, "Larynx", 6)
+    tracker.track(manual)
+    manual.SetCenter(0.0, 0.0, 0.0)
+    manual.InvokeEvent(end)
+    assert roi_source(manual) == "manual"
+    sources = [d.source for d in rois_to_result(mrml.scene, volume).detections]
+    assert sources == ["model", "edited", *["model"] * 5, "manual"]
+
+    set_rois_locked(mrml.scene, volume, True)
+    assert all(roi.GetLocked() and not roi.GetDisplayNode().GetHandlesInteractive() for roi in rois)
+    tracker.untrack_all()
+    rois[2].SetCenter(1.0, 2.0, 3.0)
+    rois[2].InvokeEvent(end)
+    assert roi_source(rois[2]) == "model"  # no longer observed (the export still reports it as edited)
+
+
+def test_terminology_normalises_names_and_falls_back():
+    right, left = organ_term("RightParotid"), organ_term("parotid_left")
+    assert right.type_code == left.type_code == ("SCT", "45289007", "Parotid gland")
+    assert right.modifier[2] == "Right" and left.modifier[2] == "Left"
+    assert right.display_name == "Right parotid gland"
+    assert "SCT^45289007^Parotid gland~SCT^24028007^Right" in right.terminology_entry()
+    assert organ_term("SpinalCord").type_code[1] == organ_term("spinal_cord").type_code[1] == "2748008"
+    unknown = organ_term("tumour_bed")
+    assert unknown.type_code is None and unknown.terminology_entry() == ""
+    assert unknown.colour in FALLBACK_PALETTE and organ_term("tumour_bed").colour == unknown.colour
+
+
+def test_installation_plan_never_pips_torch_or_replaces_slicer_packages():
+    fresh = {"torch": None, "numpy": "1.26.4", "SimpleITK": "2.4.0", "organdetr": None}
+    plan = plan_installation(fresh)
+    assert [step.kind for step in plan.steps] == ["pytorch-extension", "pip"]
+    pip_step = plan.steps[1]
+    assert "torch" not in pip_step.pip_arguments and CONSTRAINTS_PLACEHOLDER in pip_step.pip_arguments
+    assert not plan.restart_required and "PyTorch" in plan.summary()
+
+    with_torch = {**fresh, "torch": "2.5.1"}
+    assert constraints_text(with_torch) == "numpy==1.26.4\nSimpleITK==2.4.0\ntorch==2.5.1\n"
+    assert [step.kind for step in plan_installation(with_torch).steps] == ["pip"]
+
+    ready = {**with_torch, "organdetr": "0.1.0"}
+    assert plan_installation(ready, backend_version="0.1.0").nothing_to_do
+    upgrade = plan_installation(ready, backend_version="0.2.0", already_imported=frozenset({"organdetr_backend"}))
+    assert upgrade.restart_required and "restart" in upgrade.summary()
