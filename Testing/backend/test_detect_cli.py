@@ -1,0 +1,141 @@
+"""``organdetr detect`` with a real tiny checkpoint on real CTs: outputs, batch behaviour, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from matplotlib.image import imread
+from organdetr_backend.cli import main
+from organdetr_backend.schema import DetectionResult
+
+
+@pytest.fixture()
+def detect(tiny_checkpoint: Path):
+    """Run ``organdetr detect`` in-process with the tiny model on the CPU; returns the exit code."""
+
+    def run(*args: str | Path) -> int:
+        return main(["detect", *map(str, args), "--model", str(tiny_checkpoint), "--device", "cpu"])
+
+    return run
+
+
+def _bad_nifti(folder: Path) -> Path:
+    path = folder / "broken.nii.gz"
+    path.write_bytes(b"this is not a NIfTI file" * 20)
+    return path
+
+
+def test_one_input_without_output_prints_json(detect, small_abdomen_ct, capsys) -> None:
+    assert detect(small_abdomen_ct, "--top-k", "2") == 0
+    captured = capsys.readouterr()
+    result = DetectionResult.model_validate_json(captured.out)
+    assert result.image.source == small_abdomen_ct.name
+    assert all(len(d.candidates) == 1 for d in result.detections)
+    assert captured.err == ""
+
+
+def test_json_markups_and_csv_outputs_are_valid(detect, small_abdomen_ct, data_dir, tmp_path) -> None:
+    json_path, markups_path, csv_path = tmp_path / "r.json", tmp_path / "r.mrk.json", tmp_path / "r.csv"
+    assert detect(small_abdomen_ct, "-o", json_path) == 0
+    assert detect(small_abdomen_ct, "-o", markups_path, "--format", "mrk") == 0
+    assert detect(small_abdomen_ct, "-o", csv_path, "--format", "csv") == 0
+
+    result = DetectionResult.model_validate_json(json_path.read_text())
+    markups = json.loads(markups_path.read_text())
+    jsonschema.validate(markups, json.loads((data_dir / "markups-schema-v1.0.3.json").read_text()))
+    assert [m["name"] for m in markups["markups"]] == [d.label for d in result.detections]
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == len(result.detections)
+
+
+def test_existing_folder_as_output_gets_a_named_file(detect, small_abdomen_ct, tmp_path) -> None:
+    assert detect(small_abdomen_ct, "-o", tmp_path) == 0
+    assert DetectionResult.model_validate_json((tmp_path / "ct.organdetr.json").read_text()).detections
+
+
+def test_overlay_png_and_segmentation_preview(detect, head_neck_case, tmp_path) -> None:
+    ct_path, _ = head_neck_case
+    overlay, preview = tmp_path / "quicklook.png", tmp_path / "seg.nii.gz"
+    assert detect(ct_path, "-o", tmp_path / "r.json", "--overlay", overlay, "--seg-preview", preview) == 0
+
+    pixels = imread(overlay)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert pixels[..., :3].std() > 0.05  # an image, not a blank canvas
+
+    image, segmentation = sitk.ReadImage(str(ct_path)), sitk.ReadImage(str(preview))
+    assert segmentation.GetSize() == image.GetSize()
+    np.testing.assert_allclose(segmentation.GetSpacing(), image.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(segmentation.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(segmentation.GetDirection(), image.GetDirection(), atol=1e-6)
+    assert set(np.unique(sitk.GetArrayFromImage(segmentation)).tolist()) <= set(range(8))
+
+
+def test_batch_with_one_bad_input_writes_the_others_and_exits_2(
+    detect, small_abdomen_ct, head_neck_case, tmp_path, capsys
+) -> None:
+    bad = _bad_nifti(tmp_path)
+    out = tmp_path / "results"
+    # Both good inputs are called ct.nii.gz: their outputs get the folder name as a prefix.
+    assert detect(small_abdomen_ct, bad, head_neck_case[0], "-o", out, "--overlay", out) == 2
+    written = sorted(p.name for p in out.iterdir())
+    assert written == [
+        "openkbp_pt_201_ct.organdetr.json",
+        "openkbp_pt_201_ct.overlay.png",
+        "ts_example_ct_sm_3mm_ct.organdetr.json",
+        "ts_example_ct_sm_3mm_ct.overlay.png",
+    ]
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and str(bad) in errors[0]
+
+
+def test_refuses_to_overwrite_without_overwrite(detect, small_abdomen_ct, tmp_path, capsys) -> None:
+    target = tmp_path / "r.json"
+    target.write_text("keep me")
+    assert detect(small_abdomen_ct, "-o", target) == 2
+    assert target.read_text() == "keep me"
+    assert "already exists" in capsys.readouterr().err
+    assert detect(small_abdomen_ct, "-o", target, "--overwrite") == 0
+    assert DetectionResult.model_validate_json(target.read_text())
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["{ct}", "{ct}"], "need -o"),
+        (["{ct}", "--top-k", "0"], "--top-k"),
+        (["{ct}", "--overlay", "{tmp}/x.jpg"], "--overlay"),
+        (["{ct}", "--seg-preview", "{tmp}/x.png"], "--seg-preview"),
+        (["{tmp}/missing.nii.gz"], "no such file"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(detect, small_abdomen_ct, tmp_path, capsys, arguments, message) -> None:
+    args = [a.format(ct=small_abdomen_ct, tmp=tmp_path) for a in arguments]
+    assert detect(*args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_console_script_reports_bad_input_in_one_line(tiny_checkpoint, tmp_path) -> None:
+    """The installed entry point, in its own process: exit code 2, one line on stderr, no traceback."""
+    bad = _bad_nifti(tmp_path)
+    env = {key: value for key, value in os.environ.items() if key != "ORGANDETR_DEBUG"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "organdetr_backend.cli", "detect", str(bad), "--model", str(tiny_checkpoint)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert completed.returncode == 2
+    assert completed.stdout == ""
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "broken.nii.gz" in lines[0] and "Traceback" not in completed.stderr
