@@ -146,7 +146,17 @@ def result_to_markups(result: DetectionResult) -> dict:
                 "center": list(detection.box.center),
                 "size": list(detection.box.size),
                 "orientation": list(detection.box.orientation),
-                "controlPoints": [],
+                # Slicer's reader re-derives a Box ROI from its control points: without the centre point the
+                # size reads back as zero, so write the one point Slicer itself writes for a box.
+                "controlPoints": [
+                    {
+                        "id": "1",
+                        "label": detection.label,
+                        "position": list(detection.box.center),
+                        "orientation": list(detection.box.orientation),
+                        "positionStatus": "defined",
+                    }
+                ],
                 "display": {"visibility": True, "color": color, "selectedColor": color},
             }
         )
