@@ -64,6 +64,8 @@ def test_missing_files(saved, tmp_path) -> None:
         load_checkpoint(directory)
     with pytest.raises(UserInputError, match="model folder not found"):
         load_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(UserInputError, match="is a file; pass the model folder"):
+        load_checkpoint(directory / WEIGHTS_FILE)
 
 
 def edit_config(directory: Path, edit) -> None:

@@ -81,6 +81,10 @@ def _resolve(ref: str | Path | None) -> Path:
             raise UserInputError(f"no shipped model found at {DEFAULT_MODEL_DIR}; pass the folder of a trained model")
         return DEFAULT_MODEL_DIR
     directory = Path(ref).expanduser()
+    if directory.is_file():
+        raise UserInputError(
+            f"{directory} is a file; pass the model folder that holds {WEIGHTS_FILE} and {CONFIG_FILE}"
+        )
     if not directory.is_dir():
         raise UserInputError(f"model folder not found: {directory}")
     return directory
