@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import slicer
+import vtk
 
 from .roi_nodes import box_changed, is_organdetr_roi, roi_source, set_roi_source
 
@@ -32,26 +33,58 @@ class EditTracker:
     def __init__(self, volume_node, on_change: Callable[[object], None] | None = None) -> None:
         self.volume_node = volume_node
         self.on_change = on_change
-        self._tags: dict[str, tuple[object, int]] = {}
+        self._tags: dict[str, tuple[object, list[int]]] = {}
+        self._undo: list[tuple[object, object, tuple[float, float, float], str]] = []
 
     def track(self, roi) -> None:
         if not is_organdetr_roi(roi) or roi.GetID() in self._tags:
             return
-        tag = roi.AddObserver(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self._on_end_interaction)
-        self._tags[roi.GetID()] = (roi, tag)
+        tags = [
+            roi.AddObserver(slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent, self._on_start_interaction),
+            roi.AddObserver(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self._on_end_interaction),
+        ]
+        self._tags[roi.GetID()] = (roi, tags)
 
     def track_all(self, rois) -> None:
         for roi in rois:
             self.track(roi)
 
     def untrack_all(self) -> None:
-        for roi, tag in self._tags.values():
-            roi.RemoveObserver(tag)
+        for roi, tags in self._tags.values():
+            for tag in tags:
+                roi.RemoveObserver(tag)
         self._tags.clear()
+        self._undo.clear()
 
     @property
     def tracked_ids(self) -> list[str]:
         return list(self._tags)
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    def undo_last_edit(self) -> object | None:
+        """Put the most recently interacted box back where the interaction started (geometry and source flag);
+        returns that ROI, or None when there is nothing to undo (Ctrl+Z in the module)."""
+        while self._undo:
+            roi, matrix, size, source = self._undo.pop()
+            if roi.GetScene() is None:  # deleted since: skip it
+                continue
+            was_modifying = roi.StartModify()
+            roi.GetObjectToNodeMatrix().DeepCopy(matrix)
+            roi.SetSize(*size)
+            roi.EndModify(was_modifying)
+            set_roi_source(roi, source)
+            if self.on_change is not None:
+                self.on_change(roi)
+            return roi
+        return None
+
+    def _on_start_interaction(self, roi, _event) -> None:
+        matrix = vtk.vtkMatrix4x4()
+        matrix.DeepCopy(roi.GetObjectToNodeMatrix())
+        self._undo.append((roi, matrix, tuple(roi.GetSize()), roi_source(roi)))
 
     def _on_end_interaction(self, roi, _event) -> None:
         if update_source_after_edit(roi, self.volume_node) and self.on_change is not None:

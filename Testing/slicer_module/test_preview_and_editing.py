@@ -58,10 +58,18 @@ def test_end_of_interaction_marks_edited(mrml, head_neck_case):
     rois[1].InvokeEvent(end)  # a click that moved nothing
     assert roi_source(rois[1]) == "model" and not changed
 
-    rois[1].SetSize(*(np.array(rois[1].GetSize()) * 1.2))
+    original_size = rois[1].GetSize()
+    rois[1].InvokeEvent(slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent)
+    rois[1].SetSize(*(np.array(original_size) * 1.2))
     assert roi_source(rois[1]) == "model"  # only the end of an interaction counts
     rois[1].InvokeEvent(end)
     assert roi_source(rois[1]) == "edited" and changed == [rois[1]]
+
+    assert tracker.undo_last_edit() is rois[1]  # Ctrl+Z
+    assert rois[1].GetSize() == original_size and roi_source(rois[1]) == "model"
+    rois[1].InvokeEvent(slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent)
+    rois[1].SetSize(*(np.array(original_size) * 1.2))
+    rois[1].InvokeEvent(end)
 
     manual = add_manual_roi(mrml.scene, volume, "Larynx", 6)
     tracker.track(manual)
