@@ -1,0 +1,387 @@
+"""The HTTP service, started for real: ``organdetr serve --port 0`` in a subprocess (and, where a job must be held
+at a known point, uvicorn in a thread), with the tiny real checkpoint and real CT uploads."""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import jsonschema
+import numpy as np
+import psutil
+import pytest
+import SimpleITK as sitk
+import uvicorn
+from organdetr_backend.predictor import Predictor
+from organdetr_backend.schema import SCHEMA_FILE, DetectionResult
+from organdetr_backend.server import JOB_ID_HEADER, ServerSettings, create_app
+
+TOKEN = "test-token-0123456789"
+UPLOAD_LIMIT_MB = 1
+STARTUP_TIMEOUT_S = 120.0
+JOB_TIMEOUT_S = 60.0
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen
+    ready: dict
+
+
+def start_server(token_file: Path, checkpoint: Path, *extra: str) -> RunningServer:
+    """``organdetr serve --port 0`` in its own process; waits for the ready line."""
+    command = [sys.executable, "-m", "organdetr_backend.cli", "serve", "--port", "0", "--token-file", str(token_file)]
+    command += ["--model", str(checkpoint), "--device", "cpu", *extra]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([process.stdout], [], [], 1.0)
+        if readable:
+            line = process.stdout.readline()
+            if line.startswith("ORGANDETR_READY "):
+                ready = json.loads(line.split(" ", 1)[1])
+                return RunningServer(url=ready["url"], process=process, ready=ready)
+            if not line and process.poll() is not None:
+                break
+    process.kill()
+    raise RuntimeError(f"server did not start: {process.stderr.read()}")
+
+
+def stop_server(server: RunningServer) -> int:
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        return server.process.wait(timeout=60)
+    finally:
+        server.process.kill()
+        server.process.communicate()
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("token") / "token"
+    path.write_text(TOKEN + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(token_file, tiny_checkpoint) -> Iterator[RunningServer]:
+    running = start_server(token_file, tiny_checkpoint, "--max-upload-mb", str(UPLOAD_LIMIT_MB), "--queue-limit", "8")
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture()
+def client(server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as http:
+        yield http
+
+
+def upload(path: Path, name: str | None = None, **fields) -> dict:
+    return {
+        "files": {"image": (name or path.name, path.read_bytes(), "application/octet-stream")},
+        "data": {key: str(value).lower() for key, value in fields.items()},
+    }
+
+
+def assert_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] and error["message"]
+    return error
+
+
+def wait_finished(http: httpx.Client, job_id: str) -> dict:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = http.get(f"/v1/jobs/{job_id}").json()
+        if status["status"] in ("done", "failed", "cancelled") and status["stage"] != "cancelling":
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def test_ready_line_and_health_without_token(server: RunningServer) -> None:
+    assert server.ready["token_source"] == "file" and "token" not in server.ready
+    assert server.ready["host"] == "127.0.0.1" and server.ready["pid"] == server.process.pid
+    health = httpx.get(f"{server.url}/v1/health", timeout=30)
+    assert health.status_code == 200
+    body = health.json()
+    assert body["status"] == "ok" and body["device"] == "cpu" and body["model_loaded"] is True
+    assert body["gpu_memory_total_mb"] is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/models"),
+        ("POST", "/v1/detect"),
+        ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs/abc"),
+        ("GET", "/v1/jobs/abc/result"),
+        ("GET", "/v1/jobs/abc/segmentation"),
+        ("DELETE", "/v1/jobs/abc"),
+    ],
+)
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", f"Basic {TOKEN}", "Bearer"])
+def test_every_other_endpoint_needs_the_token(server: RunningServer, method, path, authorization) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    response = httpx.request(method, f"{server.url}{path}", headers=headers, timeout=30)
+    assert_error(response, 401)
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_models_lists_the_loaded_model(client: httpx.Client) -> None:
+    models = client.get("/v1/models").json()["models"]
+    assert [m["name"] for m in models] == ["tiny-test"]
+    assert len(models[0]["classes"]) == 7 and models[0]["default"] is False
+
+
+def test_detect_returns_a_valid_result(client: httpx.Client, small_abdomen_ct) -> None:
+    response = client.post("/v1/detect", **upload(small_abdomen_ct, top_k=2))
+    assert response.status_code == 200, response.text
+    jsonschema.validate(response.json(), json.loads(SCHEMA_FILE.read_text()))
+    result = DetectionResult.model_validate_json(response.text)
+    assert result.image.source == "ct.nii.gz" and len(result.detections) == 7
+    assert all(len(d.candidates) == 1 for d in result.detections)
+    assert result.timing.read_s > 0
+    # The synchronous call went through the job queue: its job is there too.
+    job = client.get(f"/v1/jobs/{response.headers[JOB_ID_HEADER]}").json()
+    assert job["status"] == "done"
+
+
+def test_job_lifecycle_with_segmentation(client: httpx.Client, head_neck_case, tmp_path) -> None:
+    ct_path, _ = head_neck_case
+    submitted = client.post("/v1/jobs", **upload(ct_path, segmentation=True))
+    assert submitted.status_code == 202 and submitted.json()["status"] == "queued"
+    job_id = submitted.json()["job_id"]
+    status = wait_finished(client, job_id)
+    assert status == {"job_id": job_id, "status": "done", "progress": 1.0, "stage": "done", "error": None}
+    result = DetectionResult.model_validate_json(client.get(f"/v1/jobs/{job_id}/result").text)
+    assert result.image.shape == (128, 128, 128)
+
+    response = client.get(f"/v1/jobs/{job_id}/segmentation")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/octet-stream"
+    (tmp_path / "seg.nrrd").write_bytes(response.content)
+    segmentation, image = sitk.ReadImage(str(tmp_path / "seg.nrrd")), sitk.ReadImage(str(ct_path))
+    assert segmentation.GetSize() == image.GetSize()
+    np.testing.assert_allclose(segmentation.GetDirection(), image.GetDirection(), atol=1e-6)
+    np.testing.assert_allclose(segmentation.GetOrigin(), image.GetOrigin(), atol=1e-4)
+
+    # Cancelling a finished job leaves it finished.
+    assert client.delete(f"/v1/jobs/{job_id}").json() == {"job_id": job_id, "status": "done"}
+
+
+def test_job_without_segmentation_and_unknown_jobs(client: httpx.Client, small_abdomen_ct) -> None:
+    job_id = client.post("/v1/jobs", **upload(small_abdomen_ct)).json()["job_id"]
+    wait_finished(client, job_id)
+    assert_error(client.get(f"/v1/jobs/{job_id}/segmentation"), 404)
+    for path in ("", "/result", "/segmentation"):
+        assert_error(client.get(f"/v1/jobs/no-such-job{path}"), 404)
+    assert_error(client.delete("/v1/jobs/no-such-job"), 404)
+
+
+def _nrrd(path: Path, sizes: str, geometry: str, data: bytes = bytes(128)) -> Path:
+    header = f"NRRD0004\ntype: short\ndimension: 3\nsizes: {sizes}\n{geometry}\nencoding: raw\nendian: little\n\n"
+    path.write_bytes(header.encode() + data)
+    return path
+
+
+def _write(image: sitk.Image, path: Path) -> Path:
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad_uploads(tmp_path_factory, small_abdomen_ct) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bad_uploads")
+    compressed = small_abdomen_ct.read_bytes()
+    (folder / "truncated.nii.gz").write_bytes(compressed[: len(compressed) // 2])
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "text.nii.gz").write_bytes(b"not an image at all " * 50)
+    nan_volume = np.zeros((8, 8, 8), dtype=np.float32)
+    nan_volume[3, 4, 5] = np.nan
+    return {
+        "truncated gzip": folder / "truncated.nii.gz",
+        "wrong format": folder / "notes.txt",
+        "not an image": folder / "text.nii.gz",
+        "2D image": _write(sitk.Image([16, 16], sitk.sitkInt16), folder / "slice.nii.gz"),
+        "4D image": _write(sitk.Image([8, 8, 8, 3], sitk.sitkInt16), folder / "series.nii.gz"),
+        "NaN voxels": _write(sitk.GetImageFromArray(nan_volume), folder / "nan.mha"),
+        "zero spacing": _nrrd(
+            folder / "zero.nrrd", "4 4 4", "space: left-posterior-superior\nspace directions: (0,0,0) (0,1,0) (0,0,1)"
+        ),
+        "negative spacing": _nrrd(folder / "negative.nrrd", "4 4 4", "spacings: -1 1 1"),
+        "gigantic header": _nrrd(folder / "huge.nrrd", "100000 100000 100000", "spacings: 1 1 1"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "truncated gzip",
+        "wrong format",
+        "not an image",
+        "2D image",
+        "4D image",
+        "NaN voxels",
+        "zero spacing",
+        "negative spacing",
+        "gigantic header",
+    ],
+)
+@pytest.mark.parametrize("endpoint", ["/v1/detect", "/v1/jobs"])
+def test_bad_images_get_a_4xx_and_the_server_keeps_serving(client, bad_uploads, case, endpoint) -> None:
+    path = bad_uploads[case]
+    error = assert_error(client.post(endpoint, **upload(path)), 400)
+    assert path.name in error["message"]
+    assert client.get("/v1/health").status_code == 200
+
+
+def test_bad_requests_get_4xx_json(client: httpx.Client, small_abdomen_ct) -> None:
+    assert_error(client.post("/v1/detect", json={"image": "ct.nii.gz"}), 400)  # not multipart
+    assert_error(client.post("/v1/detect", data={"top_k": "2"}, files={"other": ("a.txt", b"x")}), 400)
+    assert_error(client.post("/v1/detect", **upload(small_abdomen_ct, top_k="many")), 422)
+    assert_error(client.post("/v1/detect", **upload(small_abdomen_ct, colour="red")), 422)
+    assert_error(client.post("/v1/detect", **upload(small_abdomen_ct, series_uid="1.2.3")), 400)
+    assert_error(client.get("/v1/nothing-here"), 404)
+
+
+def _multipart_chunks(name: str, size: int, boundary: str) -> Iterator[bytes]:
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    chunk = b"\0" * 65536
+    for _ in range(size // len(chunk)):
+        yield chunk
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_uploads_over_the_limit_get_413(client: httpx.Client) -> None:
+    too_big = int(1.3 * UPLOAD_LIMIT_MB * 1024**2)
+    # Declared size over the limit: refused before the body is read.
+    response = client.post("/v1/detect", files={"image": ("big.nii.gz", b"\0" * too_big)})
+    assert_error(response, 413)
+    # Streamed without a declared size: refused while streaming, once the limit is passed.
+    boundary = "organdetr-test-boundary"
+    response = client.post(
+        "/v1/jobs",
+        content=_multipart_chunks("big.nii.gz", too_big, boundary),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert_error(response, 413)
+    assert client.get("/v1/health").status_code == 200
+
+
+def test_eight_concurrent_clients_all_get_results(server: RunningServer, small_abdomen_ct) -> None:
+    def one_client(_: int) -> httpx.Response:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as http:
+            return http.post("/v1/detect", **upload(small_abdomen_ct))
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(one_client, range(8)))
+    assert [r.status_code for r in responses] == [200] * 8
+    results = [DetectionResult.model_validate_json(r.text) for r in responses]
+    assert len({r.image.sha256 for r in results}) == 1
+    assert len({r.headers[JOB_ID_HEADER] for r in responses}) == 8
+
+
+class GatedPredictor(Predictor):
+    """The real predictor, held at the start of every job until the test opens the gate: a slow job whose
+    progress the test controls exactly."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def predict(self, *args, **kwargs):
+        self.entered.set()
+        self.gate.wait(JOB_TIMEOUT_S)
+        return super().predict(*args, **kwargs)
+
+
+@contextmanager
+def thread_server(settings: ServerSettings, predictor: Predictor) -> Iterator[str]:
+    """uvicorn serving ``create_app`` in a thread on a free loopback port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, predictor), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def test_queue_full_cancel_queued_and_running(tiny_checkpoint, small_abdomen_ct) -> None:
+    predictor = GatedPredictor(tiny_checkpoint, device="cpu")
+    with (
+        thread_server(ServerSettings(token=TOKEN, queue_limit=1), predictor) as url,
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as http,
+    ):
+        running = http.post("/v1/jobs", **upload(small_abdomen_ct)).json()["job_id"]
+        assert predictor.entered.wait(JOB_TIMEOUT_S)
+        assert http.get(f"/v1/jobs/{running}").json()["status"] == "running"
+        queued = http.post("/v1/jobs", **upload(small_abdomen_ct)).json()["job_id"]
+        assert http.get(f"/v1/jobs/{queued}").json()["status"] == "queued"
+
+        full = http.post("/v1/jobs", **upload(small_abdomen_ct))
+        assert_error(full, 503)
+        assert int(full.headers["Retry-After"]) >= 1
+        assert_error(http.post("/v1/detect", **upload(small_abdomen_ct)), 503)
+
+        assert http.delete(f"/v1/jobs/{queued}").json() == {"job_id": queued, "status": "cancelled"}
+        assert http.get(f"/v1/jobs/{queued}").json()["stage"] == "cancelled"
+        assert http.delete(f"/v1/jobs/{running}").json() == {"job_id": running, "status": "cancelled"}
+        predictor.gate.set()
+        assert wait_finished(http, running)["status"] == "cancelled"
+        assert_error(http.get(f"/v1/jobs/{running}/result"), 409)
+
+        # The queue is free again and the worker still runs jobs to the end.
+        again = http.post("/v1/detect", **upload(small_abdomen_ct))
+        assert again.status_code == 200, again.text
+
+
+def test_result_of_an_unfinished_job_is_409(tiny_checkpoint, small_abdomen_ct) -> None:
+    predictor = GatedPredictor(tiny_checkpoint, device="cpu")
+    with (
+        thread_server(ServerSettings(token=TOKEN), predictor) as url,
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as http,
+    ):
+        job_id = http.post("/v1/jobs", **upload(small_abdomen_ct, segmentation=True)).json()["job_id"]
+        assert_error(http.get(f"/v1/jobs/{job_id}/result"), 409)
+        assert_error(http.get(f"/v1/jobs/{job_id}/segmentation"), 409)
+        predictor.gate.set()
+        assert wait_finished(http, job_id)["status"] == "done"
+
+
+def test_sigterm_cancels_jobs_and_exits_cleanly(token_file, tiny_checkpoint, head_neck_case) -> None:
+    running = start_server(token_file, tiny_checkpoint)
+    children = psutil.Process(running.process.pid).children(recursive=True)
+    with httpx.Client(base_url=running.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as http:
+        for _ in range(3):
+            assert http.post("/v1/jobs", **upload(head_neck_case[0], segmentation=True)).status_code == 202
+    assert stop_server(running) == 0
+    assert not any(child.is_running() for child in children)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{running.url}/v1/health", timeout=5)
