@@ -160,6 +160,17 @@ def test_two_series_picks_the_larger_ct_and_says_so(dicom_slab, tmp_path):
     expect_error(folder, "no series with SeriesInstanceUID", series_uid="1.2.3.4")
 
 
+def test_folder_without_dicom(tmp_path):
+    folder = tmp_path / "empty_study"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("no images here")
+    expect_error(folder, "no DICOM series")
+
+
+def test_dicom_file_limit(dicom_slab):
+    expect_error(dicom_slab, "limit 3", limits=ImageLimits(max_dicom_files=3))
+
+
 def test_wrong_modality(tmp_path):
     folder = tmp_path / "mr_series"
     _write_series(folder, "MR", "1.2.826.0.1.3680043.2.1125.3.1", slices=3)

@@ -245,7 +245,7 @@ class _Series:
     modality: str | None
 
 
-def _find_series(folder: Path, limits: ImageLimits) -> list[_Series]:
+def _find_series(folder: Path, name: str, limits: ImageLimits) -> list[_Series]:
     """Every DICOM series in ``folder`` and its sub-folders."""
     series: list[_Series] = []
     directories = [folder, *sorted(p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink())]
@@ -253,9 +253,7 @@ def _find_series(folder: Path, limits: ImageLimits) -> list[_Series]:
         for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)):
             files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), uid))
             if len(files) > limits.max_dicom_files:
-                raise UserInputError(
-                    f"{folder.name}: series {uid} has {len(files)} files (limit {limits.max_dicom_files})"
-                )
+                raise UserInputError(f"{name}: series {uid} has {len(files)} files (limit {limits.max_dicom_files})")
             try:
                 modality = _tag(files[0], MODALITY_TAG)
             except RuntimeError:
@@ -293,7 +291,7 @@ def _choose_series(name: str, series: list[_Series], series_uid: str | None) -> 
 
 
 def _read_dicom_folder(folder: Path, name: str, series_uid: str | None, limits: ImageLimits) -> LoadedImage:
-    selected, note = _choose_series(name, _find_series(folder, limits), series_uid)
+    selected, note = _choose_series(name, _find_series(folder, name, limits), series_uid)
     try:
         first = sitk.ImageFileReader()
         first.SetFileName(selected.files[0])
