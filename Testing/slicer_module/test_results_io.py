@@ -97,11 +97,6 @@ def test_markups_json_validates_and_reloads(detected, tmp_path, data_dir):
         np.testing.assert_allclose(node.GetCenter(), roi.GetCenter(), atol=1e-4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="organdetr_backend.export.result_to_markups writes an empty controlPoints list; Slicer's ROI reader "
-    "then resets the size to 0 (a control point at the centre fixes it)",
-)
 def test_markups_json_reload_keeps_box_size(detected, tmp_path, data_dir):
     mrml, volume, _, rois = detected
     reloaded = _export_and_reload_markups(mrml, volume, tmp_path, data_dir)
