@@ -24,8 +24,12 @@ import psutil
 import pytest
 import SimpleITK as sitk
 import uvicorn
+from organdetr.errors import UserInputError
+from organdetr_backend.image_io import read_image
+from organdetr_backend.jobs import JobQueue, QueueSettings
 from organdetr_backend.predictor import Predictor
 from organdetr_backend.schema import SCHEMA_FILE, DetectionResult
+from organdetr_backend.serve_command import TOKEN_ENV, resolve_token
 from organdetr_backend.server import JOB_ID_HEADER, ServerSettings, create_app
 
 TOKEN = "test-token-0123456789"
@@ -385,3 +389,41 @@ def test_sigterm_cancels_jobs_and_exits_cleanly(token_file, tiny_checkpoint, hea
     assert not any(child.is_running() for child in children)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{running.url}/v1/health", timeout=5)
+
+
+def test_token_sources(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    token_path = tmp_path / "token"
+    token_path.write_text("  from-file \nsecond line\n")
+    assert resolve_token("from-argument", token_path) == ("from-argument", "argument")
+    assert resolve_token(None, token_path) == ("from-file", "file")
+    generated, source = resolve_token(None, None)
+    assert source == "generated" and len(generated) >= 32 and generated != resolve_token(None, None)[0]
+    monkeypatch.setenv(TOKEN_ENV, "from-environment")
+    assert resolve_token(None, None) == ("from-environment", "environment")
+    token_path.write_text("\n")
+    with pytest.raises(UserInputError):
+        resolve_token(None, token_path)
+    with pytest.raises(UserInputError):
+        resolve_token(None, tmp_path / "missing")
+
+
+def test_finished_jobs_are_forgotten_after_the_ttl_or_beyond_the_cap(tiny_predictor, small_abdomen_ct) -> None:
+    image = read_image(small_abdomen_ct)
+    queue = JobQueue(tiny_predictor, QueueSettings(max_finished=1))
+    try:
+        first, second = queue.submit(image), queue.submit(image)
+        assert second.wait(JOB_TIMEOUT_S) and first.status == second.status == "done"
+        assert queue.get(second.id) is second
+        with pytest.raises(KeyError):
+            queue.get(first.id)
+    finally:
+        queue.shutdown()
+    queue = JobQueue(tiny_predictor, QueueSettings(ttl_s=0.0))
+    try:
+        job = queue.submit(image)
+        assert job.wait(JOB_TIMEOUT_S)
+        with pytest.raises(KeyError):
+            queue.get(job.id)
+    finally:
+        queue.shutdown()

@@ -79,9 +79,14 @@ class QueueSettings:
 
     queue_limit: int = 8  # jobs waiting behind the running one
     ttl_s: float = 3600.0  # how long finished jobs (and their results) are kept
+    max_finished: int = 32  # at most this many finished jobs are kept (their segmentations can be large)
     default_job_s: float = 10.0  # assumed job duration for Retry-After before any job has finished
     duration_history: int = 20  # finished jobs averaged for Retry-After
     shutdown_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.queue_limit < 1:
+            raise ValueError("queue_limit must be at least 1 (a job waits in the queue until the worker takes it)")
 
 
 class JobQueue:
@@ -104,6 +109,16 @@ class JobQueue:
         """Queue a detection; raises :class:`QueueFull` when ``queue_limit`` jobs are already waiting."""
         with self._condition:
             self._purge_expired()
+            self.check_capacity()
+            job = Job(id=uuid.uuid4().hex, top_k=top_k, segmentation=segmentation, read_s=read_s, image=image)
+            self._jobs[job.id] = job
+            self._waiting.append(job)
+            self._condition.notify_all()
+            return job
+
+    def check_capacity(self) -> None:
+        """Raise :class:`QueueFull` when a job submitted now would be refused (lets the server refuse early)."""
+        with self._condition:
             if self._stopping:
                 raise QueueFull("the server is shutting down", self.retry_after_s())
             if len(self._waiting) >= self.settings.queue_limit:
@@ -111,11 +126,6 @@ class JobQueue:
                     f"the job queue is full ({self.settings.queue_limit} waiting); try again later",
                     self.retry_after_s(),
                 )
-            job = Job(id=uuid.uuid4().hex, top_k=top_k, segmentation=segmentation, read_s=read_s, image=image)
-            self._jobs[job.id] = job
-            self._waiting.append(job)
-            self._condition.notify_all()
-            return job
 
     def get(self, job_id: str) -> Job:
         """The job with this id (KeyError when unknown or expired)."""
@@ -173,10 +183,15 @@ class JobQueue:
         job.finished_event.set()
 
     def _purge_expired(self) -> None:
+        """Forget finished jobs older than the TTL, and the oldest ones beyond ``max_finished``."""
+        finished = sorted(
+            (job for job in self._jobs.values() if job.finished_at is not None), key=lambda job: job.finished_at
+        )
         horizon = time.monotonic() - self.settings.ttl_s
-        expired = [key for key, job in self._jobs.items() if job.finished_at is not None and job.finished_at < horizon]
-        for key in expired:
-            del self._jobs[key]
+        excess = len(finished) - self.settings.max_finished
+        for rank, job in enumerate(finished):
+            if rank < excess or job.finished_at < horizon:
+                del self._jobs[job.id]
 
     # -- the worker -----------------------------------------------------------------------------------------
     def _work(self) -> None:

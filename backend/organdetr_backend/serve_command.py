@@ -8,6 +8,7 @@ The model is loaded before the socket listens; once it does, exactly one machine
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import secrets
@@ -90,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
     from .predictor import Predictor
     from .server import ServerSettings, create_app
 
-    if args.max_upload_mb <= 0 or args.queue_limit < 0:
-        raise UserInputError("--max-upload-mb must be positive and --queue-limit at least 0")
+    if args.max_upload_mb <= 0 or args.queue_limit < 1:
+        raise UserInputError("--max-upload-mb must be positive and --queue-limit at least 1")
     token, token_source = resolve_token(args.token, args.token_file)
     settings = ServerSettings(
         token=token,
@@ -100,9 +101,15 @@ def run(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * _BYTES_PER_MB),
         queue_limit=args.queue_limit,
     )
+    sock = _bind(settings.host, settings.port)  # before the slow model load: a taken port fails at once
+    if not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
+        print(
+            f"organdetr serve: warning: listening on {settings.host}, reachable from other machines; anyone with the "
+            "token can run jobs, and traffic is not encrypted (put a TLS reverse proxy in front)",
+            file=sys.stderr,
+        )
     predictor = Predictor(args.model, args.device)
     app = create_app(settings, predictor)
-    sock = _bind(settings.host, settings.port)
 
     class Server(uvicorn.Server):
         """Announces readiness on stdout and cancels jobs as soon as a shutdown signal arrives."""

@@ -201,6 +201,7 @@ def create_app(settings: ServerSettings, predictor: Predictor) -> FastAPI:
 
     async def accept(request: Request) -> Job:
         """Receive the upload, validate options and image, queue the job."""
+        jobs(request).check_capacity()  # answer 503 before a large upload, not after it
         upload = await receive_upload(
             request,
             max_bytes=settings.max_upload_bytes,
