@@ -12,7 +12,6 @@ import time
 from dataclasses import replace
 
 import torch
-
 from organdetr.config import preset_config
 from organdetr.criterion import SetCriterion
 from organdetr.dataset import AugmentConfig, CaseCache, DetectionDataset, collate, load_dataset_json
@@ -43,11 +42,15 @@ def main() -> None:
     cache = CaseCache(description.class_names, config.preprocess)
     started = time.perf_counter()
     cases = [cache.get(record) for record in description.splits["training"][: args.cases]]
-    print(f"preprocess (NIfTI read + shared preprocessing), once per case: {(time.perf_counter() - started) / len(cases):.3f} s/case")
-    print(f"cached sample, no augmentation: {seconds_per_sample(DetectionDataset(cases, None), 2):.3f} s/sample")
-    print(f"cached sample + default augmentation: {seconds_per_sample(DetectionDataset(cases, AugmentConfig()), 3):.3f} s/sample")
+    per_case = (time.perf_counter() - started) / len(cases)
+    print(f"preprocess (NIfTI read + shared preprocessing), once per case: {per_case:.3f} s/case")
     always = replace(AugmentConfig(), affine_probability=1.0)
-    print(f"cached sample + augmentation, affine always: {seconds_per_sample(DetectionDataset(cases, always), 2):.3f} s/sample")
+    for what, augment in (
+        ("no augmentation", None),
+        ("default augmentation", AugmentConfig()),
+        ("affine always", always),
+    ):
+        print(f"cached sample, {what}: {seconds_per_sample(DetectionDataset(cases, augment), 2):.3f} s/sample")
 
     model = build_model(config.model)
     criterion = SetCriterion(len(description.class_names), DenseQueryMatcher(config.matcher), config.loss)
@@ -62,8 +65,11 @@ def main() -> None:
         losses["loss"].backward()
         optimizer.step()
         timings.append(time.perf_counter() - started)
-    print(f"{args.preset} preset, batch {args.batch_size}, {torch.get_num_threads()} threads: "
-          f"{min(timings):.2f} s/step (best of {args.steps}), {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
+    parameters = sum(p.numel() for p in model.parameters()) / 1e6
+    print(
+        f"{args.preset} preset, batch {args.batch_size}, {torch.get_num_threads()} threads: "
+        f"{min(timings):.2f} s/step (best of {args.steps}), {parameters:.2f} M parameters"
+    )
 
 
 if __name__ == "__main__":
