@@ -60,7 +60,7 @@ class FPNBackbone(nn.Module):
         act = ("leakyrelu", {"negative_slope": LEAKY_SLOPE})
         stages = []
         in_channels = config.in_channels
-        for channels, num_convs in zip(config.stage_channels, config.convs_per_stage):
+        for channels, num_convs in zip(config.stage_channels, config.convs_per_stage, strict=True):
             units = [
                 Convolution(
                     SPATIAL_DIMS,

@@ -32,10 +32,10 @@ class BackboneConfig:
     kind: Literal["fpn", "resnet"] = "fpn"
     in_channels: int = 1
     # Encoder widths; stage s (0-based) has stride 2**(s + 1) relative to the input.
-    stage_channels: tuple[int, ...] = (16, 32, 64, 128)
+    stage_channels: tuple[int, ...] = (8, 32, 64, 128)
     # Number of 3x3x3 conv-norm-act units per encoder stage (the first one has stride 2).
-    convs_per_stage: tuple[int, ...] = (1, 2, 2, 2)
-    fpn_channels: int = 64
+    convs_per_stage: tuple[int, ...] = (1, 1, 2, 2)
+    fpn_channels: int = 32
     # Pyramid levels handed to the transformer, as encoder stage indices (finest first).
     out_stages: tuple[int, ...] = (1, 2, 3)
     resnet_depth: int = 18
@@ -48,9 +48,12 @@ class MSAConfig:
 
     enabled: bool = True
     patch_size: int = 2
-    num_heads: int = 4
-    depth: int = 2
-    ffn_dim: int = 256
+    # Token width f_e of the MSA layers; None = the decoder's d_model. Outputs are always d_model channels.
+    # Small defaults: the 32^3 level gives 4096 tokens, whose self-attention dominates a CPU training step.
+    embed_dim: int | None = 32
+    num_heads: int = 2
+    depth: int = 1
+    ffn_dim: int = 128
     dropout: float = 0.1
     bias: bool = False
     positional_encoding: bool = True
@@ -212,16 +215,24 @@ _NESTED: dict[str, type] = {
 
 
 def small_model_config(num_classes: int) -> ModelConfig:
-    """Sized to train and run on a 2-core CPU at 128^3 input."""
+    """Sized to train on a 2-core CPU at 128^3 input: levels at strides 4/8/16 (32^3, 16^3, 8^3), d_model 64."""
     return ModelConfig(num_classes=num_classes)
 
 
 def paper_model_config(num_classes: int) -> ModelConfig:
-    """Sizes of the paper / v1 snapshot: FPN and d_model 384, 3 levels, patch 2, depth 2, 100 queries."""
+    """Sizes of the paper / v1 snapshot: FPN and d_model 384, 3 levels, patch 2, depth 2, 100 queries.
+
+    Levels at strides 4/8/16 so that the paper's 224x224x96 input (multiple of 32) patchifies exactly.
+    """
     return ModelConfig(
         num_classes=num_classes,
-        backbone=BackboneConfig(stage_channels=(32, 64, 128, 256, 320), fpn_channels=384, out_stages=(2, 3, 4)),
-        msa=MSAConfig(patch_size=2, num_heads=64, depth=2, ffn_dim=1024, dropout=0.3, bias=False),
+        backbone=BackboneConfig(
+            stage_channels=(32, 64, 128, 256, 320),
+            convs_per_stage=(2, 2, 2, 2, 2),
+            fpn_channels=384,
+            out_stages=(1, 2, 3),
+        ),
+        msa=MSAConfig(patch_size=2, embed_dim=384, num_heads=64, depth=2, ffn_dim=1024, dropout=0.3, bias=False),
         decoder=DecoderConfig(
             d_model=384, num_heads=6, ffn_dim=1024, dropout=0.1, num_layers=3, num_points=4, num_queries=100
         ),

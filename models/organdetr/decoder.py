@@ -10,6 +10,7 @@ Every layer's output goes through the class head and a 3-layer box MLP whose cen
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -39,7 +40,7 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> None:
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
 
     def forward(self, x: Tensor) -> Tensor:
         for index, layer in enumerate(self.layers):
@@ -86,7 +87,9 @@ class DeformableEncoderLayer(nn.Module):
         self.norm = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config.d_model, config.ffn_dim, config.dropout)
 
-    def forward(self, src: Tensor, pos: Tensor, reference: Tensor, spatial_shapes: list[tuple[int, int, int]]) -> Tensor:
+    def forward(
+        self, src: Tensor, pos: Tensor, reference: Tensor, spatial_shapes: list[tuple[int, int, int]]
+    ) -> Tensor:
         attended = self.attention(src + pos, reference, src, spatial_shapes)
         return self.ffn(self.norm(src + self.dropout(attended)))
 
@@ -98,14 +101,16 @@ class DeformableEncoder(nn.Module):
         super().__init__()
         self.level_embed = nn.Parameter(torch.empty(num_levels, config.d_model))
         nn.init.normal_(self.level_embed)
-        self.layers = nn.ModuleList(DeformableEncoderLayer(config, num_levels) for _ in range(config.num_encoder_layers))
+        self.layers = nn.ModuleList(
+            DeformableEncoderLayer(config, num_levels) for _ in range(config.num_encoder_layers)
+        )
 
     def forward(self, memory: Tensor, spatial_shapes: list[tuple[int, int, int]]) -> Tensor:
         d_model = memory.shape[-1]
         pos = torch.cat(
             [
                 sine_position_encoding_3d(shape, d_model, device=memory.device, dtype=memory.dtype) + embed
-                for shape, embed in zip(spatial_shapes, self.level_embed)
+                for shape, embed in zip(spatial_shapes, self.level_embed, strict=True)
             ]
         )[None]
         points = level_reference_points(spatial_shapes, memory.device).to(memory.dtype)

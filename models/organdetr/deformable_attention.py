@@ -40,10 +40,12 @@ def multi_scale_deformable_sampling(
     # grid_sample wants (x, y, z) = (axis2, axis1, axis0) in [-1, 1].
     grids = (2.0 * sampling_locations - 1.0).flip(-1)
     sampled = []
-    for level, (shape, level_value) in enumerate(zip(spatial_shapes, value.split(sizes, dim=1))):
+    for level, (shape, level_value) in enumerate(zip(spatial_shapes, value.split(sizes, dim=1), strict=True)):
         level_value = level_value.permute(0, 2, 3, 1).reshape(batch * heads, head_dim, *shape)
         level_grid = grids[:, :, :, level].transpose(1, 2).reshape(batch * heads, queries, points, 1, SPATIAL_DIMS)
-        level_sampled = F.grid_sample(level_value, level_grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        level_sampled = F.grid_sample(
+            level_value, level_grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
         sampled.append(level_sampled.squeeze(-1))  # [B*H, Ch, Q, P]
     stacked = torch.stack(sampled, dim=-2).flatten(-2)  # [B*H, Ch, Q, L*P]
     weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
@@ -56,9 +58,7 @@ def _spread_directions(num_heads: int) -> Tensor:
     index = torch.arange(num_heads, dtype=torch.float64) + 0.5
     polar = torch.acos(1.0 - 2.0 * index / num_heads)
     azimuth = math.pi * (1.0 + 5.0**0.5) * index
-    directions = torch.stack(
-        [polar.cos(), polar.sin() * azimuth.cos(), polar.sin() * azimuth.sin()], dim=-1
-    )
+    directions = torch.stack([polar.cos(), polar.sin() * azimuth.cos(), polar.sin() * azimuth.sin()], dim=-1)
     return directions / directions.abs().amax(dim=-1, keepdim=True)
 
 

@@ -24,14 +24,17 @@ from .position_encoding import sine_position_encoding_3d
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention with projected queries, keys and values, on ``scaled_dot_product_attention``."""
+    """Multi-head attention with projected queries, keys and values, on ``scaled_dot_product_attention``.
 
-    def __init__(self, dim: int, num_heads: int, dropout: float, bias: bool) -> None:
+    No dropout on the attention matrix: on CPU it forces the unfused kernel that materialises ``T x T``
+    weights (10x slower at 4096 tokens); :class:`AttentionBlock` applies the configured dropout to the output.
+    """
+
+    def __init__(self, dim: int, num_heads: int, bias: bool) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"MSA width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.dropout = dropout
         self.q_proj = nn.Linear(dim, dim, bias=bias)
         self.k_proj = nn.Linear(dim, dim, bias=bias)
         self.v_proj = nn.Linear(dim, dim, bias=bias)
@@ -47,7 +50,6 @@ class MultiHeadAttention(nn.Module):
             self._heads(self.q_proj(query)),
             self._heads(self.k_proj(key)),
             self._heads(self.v_proj(value)),
-            dropout_p=self.dropout if self.training else 0.0,
         )
         return self.out_proj(attended.transpose(1, 2).flatten(2))
 
@@ -57,7 +59,7 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, dim: int, config: MSAConfig) -> None:
         super().__init__()
-        self.attention = MultiHeadAttention(dim, config.num_heads, config.dropout, config.bias)
+        self.attention = MultiHeadAttention(dim, config.num_heads, config.bias)
         self.norm_attention = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(
             nn.Linear(dim, config.ffn_dim, bias=config.bias),
@@ -106,21 +108,22 @@ class MSALayer(nn.Module):
 class MultiScaleAttentionEncoder(nn.Module):
     """Patchify every level, run ``depth`` :class:`MSALayer`, un-patchify back to each level's resolution."""
 
-    def __init__(self, in_channels: int, dim: int, num_levels: int, config: MSAConfig) -> None:
+    def __init__(self, in_channels: int, out_channels: int, num_levels: int, config: MSAConfig) -> None:
         super().__init__()
         self.patch_size = config.patch_size
-        self.dim = dim
+        self.dim = config.embed_dim or out_channels
         self.positional_encoding = config.positional_encoding
-        p = config.patch_size
+        p, dim = config.patch_size, self.dim
         self.patch_embed = nn.ModuleList(nn.Conv3d(in_channels, dim, p, stride=p) for _ in range(num_levels))
         self.layers = nn.ModuleList(MSALayer(dim, num_levels, config) for _ in range(config.depth))
-        self.unpatchify = nn.ModuleList(nn.ConvTranspose3d(dim, dim, p, stride=p) for _ in range(num_levels))
+        self.unpatchify = nn.ModuleList(nn.ConvTranspose3d(dim, out_channels, p, stride=p) for _ in range(num_levels))
         self.skip = nn.ModuleList(
-            nn.Identity() if in_channels == dim else nn.Conv3d(in_channels, dim, 1) for _ in range(num_levels)
+            nn.Identity() if in_channels == out_channels else nn.Conv3d(in_channels, out_channels, 1)
+            for _ in range(num_levels)
         )
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
-        """``features[l]`` ``[B, C_in, d0, d1, d2]`` (finest first) -> same shapes with ``dim`` channels."""
+        """``features[l]`` ``[B, C_in, d0, d1, d2]`` (finest first) -> same sizes with ``out_channels``."""
         tokens, positions, grids = [], [], []
         for level, feature in enumerate(features):
             if any(size % self.patch_size for size in feature.shape[2:]):
@@ -140,7 +143,7 @@ class MultiScaleAttentionEncoder(nn.Module):
         for layer in self.layers:
             tokens = layer(tokens, positions)
         outputs = []
-        for level, (feature, level_tokens, grid) in enumerate(zip(features, tokens, grids)):
+        for level, (feature, level_tokens, grid) in enumerate(zip(features, tokens, grids, strict=True)):
             patches = level_tokens.transpose(1, 2).reshape(feature.shape[0], self.dim, *grid)
             outputs.append(self.unpatchify[level](patches) + self.skip[level](feature))
         return outputs

@@ -51,9 +51,7 @@ class OrganDETR(nn.Module):
                 nn.Identity() if fpn_channels == d_model else nn.Conv3d(fpn_channels, d_model, 1)
                 for _ in range(num_levels)
             )
-        self.encoder = (
-            DeformableEncoder(config.decoder, num_levels) if config.decoder.num_encoder_layers > 0 else None
-        )
+        self.encoder = DeformableEncoder(config.decoder, num_levels) if config.decoder.num_encoder_layers > 0 else None
         self.decoder = DeformableDecoder(config.decoder, num_levels, config.num_classes)
         self.seg_heads = (
             nn.ModuleList(nn.Conv3d(d_model, config.num_classes + 1, 1) for _ in range(num_levels))
@@ -88,7 +86,7 @@ class OrganDETR(nn.Module):
         if self.msa is not None:
             levels = self.msa(features)
         else:
-            levels = [proj(feature) for proj, feature in zip(self.input_proj, features)]
+            levels = [proj(feature) for proj, feature in zip(self.input_proj, features, strict=True)]
         spatial_shapes = [tuple(level.shape[2:]) for level in levels]
         memory = self._flatten(levels)
         if self.encoder is not None:
@@ -98,7 +96,7 @@ class OrganDETR(nn.Module):
         outputs["aux_outputs"] = predictions[:-1]
         want_segmentation = self.training if return_segmentation is None else return_segmentation
         if want_segmentation and self.seg_heads is not None:
-            outputs["seg_logits"] = [head(level) for head, level in zip(self.seg_heads, levels)]
+            outputs["seg_logits"] = [head(level) for head, level in zip(self.seg_heads, levels, strict=True)]
         return outputs
 
     @staticmethod

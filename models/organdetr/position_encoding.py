@@ -44,6 +44,6 @@ def sine_position_encoding_3d(
         angles = coords[:, None] * freqs[None, :]
         axis_codes.append(torch.cat([angles.sin(), angles.cos()], dim=1))
     grids = torch.meshgrid(*(torch.arange(size, device=device) for size in shape), indexing="ij")
-    encoding = torch.cat([code[grid.reshape(-1)] for code, grid in zip(axis_codes, grids)], dim=1)
+    encoding = torch.cat([code[grid.reshape(-1)] for code, grid in zip(axis_codes, grids, strict=True)], dim=1)
     encoding = torch.nn.functional.pad(encoding, (0, channels - encoding.shape[1]))
     return encoding.to(dtype)
