@@ -28,6 +28,9 @@ JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 # Why a job did not finish: the server maps these to HTTP status codes.
 ErrorCode = Literal["bad_input", "internal_error", "cancelled"]
 FINISHED: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+# How a run ended: (status, stage, error message, error code).
+Outcome = tuple[JobStatus, str, str | None, ErrorCode | None]
+CANCELLED: Outcome = ("cancelled", "cancelled", "cancelled", "cancelled")
 
 
 class QueueFull(Exception):
@@ -160,10 +163,6 @@ class JobQueue:
         ahead = len(self._waiting) + (1 if self._running else 0)
         return max(1, math.ceil(mean * max(ahead, 1)))
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
     # -- internals (call with the condition held) -------------------------------------------------------------
     def _cancel(self, job: Job) -> None:
         if job.status in FINISHED:
@@ -176,7 +175,9 @@ class JobQueue:
             # The worker stops at the next stage boundary; from the client's view the job is cancelled now.
             job.status, job.stage, job.error, job.error_code = "cancelled", "cancelling", "cancelled", "cancelled"
 
-    def _finish(self, job: Job, status: JobStatus, *, stage: str, error: str | None = None, error_code=None) -> None:
+    def _finish(
+        self, job: Job, status: JobStatus, *, stage: str, error: str | None = None, error_code: ErrorCode | None = None
+    ) -> None:
         job.status, job.stage, job.error, job.error_code = status, stage, error, error_code
         job.image = None
         job.finished_at = time.monotonic()
@@ -225,7 +226,7 @@ class JobQueue:
                 read_s=job.read_s,
             )
         except JobCancelled:
-            outcome: tuple = ("cancelled", "cancelled", "cancelled", "cancelled")
+            outcome: Outcome = CANCELLED
         except UserInputError as error:
             outcome = ("failed", "failed", str(error), "bad_input")
         except Exception as error:  # a bug or an exhausted device must not kill the worker
@@ -235,7 +236,7 @@ class JobQueue:
             outcome = ("done", "done", None, None)
         with self._condition:
             if job.cancel_event.is_set():  # cancelled while the last stage ran: the result is not wanted
-                outcome = ("cancelled", "cancelled", "cancelled", "cancelled")
+                outcome = CANCELLED
             elif outcome[0] == "done":
                 job.prediction = prediction
                 job.progress = STAGE_PROGRESS["done"]

@@ -36,6 +36,7 @@ STAGE_PROGRESS: dict[str, float] = {
     "done": 1.0,
 }
 _BYTES_PER_MB = 1024.0**2
+_CPUINFO = "/proc/cpuinfo"
 
 
 class JobCancelled(Exception):
@@ -58,6 +59,17 @@ class DeviceInfo:
     name: str
     gpu_memory_total_mb: float | None
     gpu_memory_free_mb: float | None
+
+
+def _cpu_name() -> str:
+    """The processor model where the OS tells it (Linux: /proc/cpuinfo), else the architecture."""
+    try:
+        for line in Path(_CPUINFO).read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def network_grid_to_image(label_map: torch.Tensor, volume: PreprocessedVolume, reference: sitk.Image) -> sitk.Image:
@@ -113,7 +125,7 @@ class Predictor:
             return DeviceInfo(
                 "cuda", torch.cuda.get_device_name(self.device), total / _BYTES_PER_MB, free / _BYTES_PER_MB
             )
-        return DeviceInfo("cpu", platform.processor() or platform.machine() or "cpu", None, None)
+        return DeviceInfo("cpu", _cpu_name(), None, None)
 
     def predict(
         self,
@@ -142,7 +154,11 @@ class Predictor:
         enter("preprocessing")
         volume = preprocess_image(image, self.config.preprocess)
         enter("network")
-        output = run_detector(self.network, volume, self.device, top_k=top_k, segmentation=segmentation)
+        try:
+            output = run_detector(self.network, volume, self.device, top_k=top_k, segmentation=segmentation)
+        except torch.cuda.OutOfMemoryError as error:
+            torch.cuda.empty_cache()  # leave the device usable for the next, perhaps smaller, job
+            raise RuntimeError(f"out of GPU memory on {self.device_label}; try --device cpu") from error
         enter("decoding")
         detections = self._detections(output, volume, image)
         label_map = None

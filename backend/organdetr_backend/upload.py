@@ -14,7 +14,7 @@ from typing import BinaryIO
 from organdetr.errors import UserInputError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 MAX_FIELD_BYTES = 64 * 1024  # form fields are small options, never data
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and option fields allowed on top of the file size limit
@@ -162,6 +162,8 @@ async def receive_upload(
                 break
             except asyncio.TimeoutError as error:
                 raise UploadTimeout(f"no upload data received for {idle_timeout_s:g} s") from error
+            except ClientDisconnect as error:
+                raise UserInputError("the client disconnected during the upload") from error
             parser.write(chunk)
         parser.finalize()
     except BaseException as error:
