@@ -427,3 +427,30 @@ def test_finished_jobs_are_forgotten_after_the_ttl_or_beyond_the_cap(tiny_predic
             queue.get(job.id)
     finally:
         queue.shutdown()
+
+
+def test_time_outs_for_stalled_uploads_and_slow_results(tiny_checkpoint, small_abdomen_ct) -> None:
+    predictor = GatedPredictor(tiny_checkpoint, device="cpu")
+    settings = ServerSettings(token=TOKEN, upload_idle_timeout_s=0.5, request_timeout_s=0.5)
+    with (
+        thread_server(settings, predictor) as url,
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as http,
+    ):
+        # The job is held at the gate: the synchronous call gives up, answers 504 and cancels its job.
+        response = http.post("/v1/detect", **upload(small_abdomen_ct))
+        assert_error(response, 504)
+        assert http.get(f"/v1/jobs/{response.headers[JOB_ID_HEADER]}").json()["status"] == "cancelled"
+        predictor.gate.set()
+
+        # A client that announces a body and stops sending half-way.
+        host, port = url.removeprefix("http://").split(":")
+        body = b'--b\r\nContent-Disposition: form-data; name="image"; filename="ct.nii.gz"\r\n\r\n' + b"\0" * 1000
+        head = (
+            f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body) + 5000}\r\n\r\n"
+        )
+        with socket.create_connection((host, int(port)), timeout=30) as stalled:
+            stalled.sendall(head.encode() + body)
+            answer = stalled.recv(65536).decode()
+        assert answer.startswith("HTTP/1.1 408")
+        assert http.get("/v1/health").status_code == 200

@@ -243,7 +243,8 @@ def create_app(settings: ServerSettings, predictor: Predictor) -> FastAPI:
         job = await accept(request)
         if not await run_in_threadpool(job.wait, settings.request_timeout_s):
             jobs(request).cancel(job.id)
-            raise ApiError(504, "timeout", f"no result within {settings.request_timeout_s:g} s; use /v1/jobs")
+            message = f"no result within {settings.request_timeout_s:g} s (job cancelled); use /v1/jobs for long runs"
+            raise ApiError(504, "timeout", message, {JOB_ID_HEADER: job.id})
         return _result_response(job)
 
     @protected.post("/jobs", status_code=202)
