@@ -161,6 +161,7 @@ class Predictor:
             raise RuntimeError(f"out of GPU memory on {self.device_label}; try --device cpu") from error
         enter("decoding")
         detections = self._detections(output, volume, image)
+        info = image_info(loaded_image)  # hashes the voxels: part of the reported time
         label_map = None
         if segmentation and output.segmentation is not None:
             label_map = network_grid_to_image(output.segmentation, volume, image)
@@ -174,7 +175,7 @@ class Predictor:
         )
         timing.total_s = timing.read_s + timing.preprocess_s + timing.network_s + timing.decode_s
         result = DetectionResult(
-            image=image_info(loaded_image),
+            image=info,
             model=self.model_info,
             device=self.device_label,
             timing=timing,
