@@ -108,3 +108,12 @@ def test_two_process_ddp_on_gloo(setup, tmp_path) -> None:
     assert [row["step"] for row in rows] == [1, 2]
     state = torch.load(output / "last" / "training_state.pt", weights_only=True)
     assert len(state["rng_cpu"]) == 2 and not torch.equal(state["rng_cpu"][0], state["rng_cpu"][1])
+
+
+def test_bad_options_are_one_line_errors(setup, tmp_path, capsys) -> None:
+    assert train(setup, tmp_path / "a", "--spatial-size", "30", "32", "32") == 2
+    assert "--spatial-size" in capsys.readouterr().err
+    assert train(setup, tmp_path / "b", "--resume") == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert train(setup, tmp_path / "c", "--dense-lambda", "1.5") == 2
+    assert "--dense-lambda" in capsys.readouterr().err

@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--quicklook", type=Path, default=None, help="folder for PNGs of predicted vs true boxes")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="preprocessed-volume cache (as for train)")
 
 
 def boxes_to_mm(boxes: torch.Tensor, shape: Sequence[int], spacing_mm: Sequence[float]) -> torch.Tensor:
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_checkpoint(args.model, device)
     description = load_dataset_json(args.data, (args.split,))
     description.check_class_names(loaded.config.class_names)
-    cache = CaseCache(loaded.config.class_names, loaded.config.preprocess)
+    cache = CaseCache(loaded.config.class_names, loaded.config.preprocess, args.cache_dir)
     cases = [cache.get(record) for record in description.splits[args.split]]
     metrics = evaluate_cases(
         loaded.model, cases, loaded.config.class_names, device, progress=True, quicklook_dir=args.quicklook

@@ -44,6 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, type=Path, help="run folder (checkpoints, logs, curves)")
     parser.add_argument("--preset", default="small", choices=("small", "paper"), help="network size (default small)")
     parser.add_argument("--config", type=Path, default=None, help="start from this DetectorConfig JSON, not a preset")
+    parser.add_argument(
+        "--spatial-size",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("D0", "D1", "D2"),
+        help="network input grid (default 128 128 128; multiples of 32), stored with the model",
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="per process")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW, default 2e-4)")
@@ -169,11 +177,20 @@ def _build_config(args: argparse.Namespace, description) -> Any:
         if not 0.0 <= args.dense_lambda < 1.0:
             raise UserInputError("--dense-lambda must be in [0, 1)")
         matcher = replace(matcher, dense_lambda=args.dense_lambda)
+    preprocess = config.preprocess
+    if args.spatial_size is not None:
+        preprocess = replace(preprocess, spatial_size=tuple(args.spatial_size))
     model = config.model
     if args.no_msa:
         model = replace(model, msa=replace(model.msa, enabled=False))
     return replace(
-        config, name=args.output.name, train=train, matcher=matcher, model=model, training_data=description.summary()
+        config,
+        name=args.output.name,
+        train=train,
+        matcher=matcher,
+        model=model,
+        preprocess=preprocess,
+        training_data=description.summary(),
     )
 
 
@@ -234,6 +251,18 @@ class Trainer:
         train_config = self.config.train
         self.class_names = self.config.class_names
 
+        torch.manual_seed(train_config.seed)  # identical initial weights on every rank
+        if args.resume:
+            from .checkpoint import load_checkpoint
+
+            self.model = load_checkpoint(last, self.device).model.train()
+        else:
+            self.model = build_model(self.config.model).to(self.device)
+        try:
+            self.model.check_input_size(tuple(self.config.preprocess.spatial_size))
+        except ValueError as error:
+            raise UserInputError(f"--spatial-size: {error}") from None
+
         cache = CaseCache(self.class_names, self.config.preprocess, args.cache_dir)
         self.train_cases = self._preload(cache, description.splits["training"], "training")
         self.val_cases = (
@@ -249,13 +278,6 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.sampler) / train_config.batch_size)
         self.total_steps = self.steps_per_epoch * train_config.epochs
 
-        torch.manual_seed(train_config.seed)  # identical initial weights on every rank
-        if args.resume:
-            from .checkpoint import load_checkpoint
-
-            self.model = load_checkpoint(last, self.device).model.train()
-        else:
-            self.model = build_model(self.config.model).to(self.device)
         torch.manual_seed(train_config.seed + 1 + self.dist.rank)  # dropout differs between ranks
         self.criterion = SetCriterion(
             len(self.class_names), DenseQueryMatcher(self.config.matcher), self.config.loss
@@ -468,7 +490,8 @@ class Trainer:
                     self.state.loss_sums[key] = self.state.loss_sums.get(key, 0.0) + value
                 self.state.step_in_epoch += 1
                 self.state.global_step += 1
-                bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{self.scheduler.get_last_lr()[-1]:.2e}")
+                lr = self.scheduler.get_last_lr()[-1]
+                bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
                 stop_reason = self._limit_reached(started)
                 if stop_reason is not None:
                     break
