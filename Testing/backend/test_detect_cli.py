@@ -111,6 +111,7 @@ def test_refuses_to_overwrite_without_overwrite(detect, small_abdomen_ct, tmp_pa
     ("arguments", "message"),
     [
         (["{ct}", "{ct}"], "need -o"),
+        (["{ct}", "{ct}", "-o", "{tmp}/out", "--seg-preview", "{tmp}/seg.nii.gz"], "must be a folder"),
         (["{ct}", "--top-k", "0"], "--top-k"),
         (["{ct}", "--overlay", "{tmp}/x.jpg"], "--overlay"),
         (["{ct}", "--seg-preview", "{tmp}/x.png"], "--seg-preview"),

@@ -32,6 +32,8 @@ SEG_PREVIEW_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 SEG_PREVIEW_DEFAULT_SUFFIX = ".seg.nii.gz"
 OVERLAY_SUFFIX = ".png"
 OVERLAY_DEFAULT_SUFFIX = ".overlay.png"
+# Names that are meant as files, never created as output folders by mistake.
+FILE_SUFFIXES = frozenset({*SEG_PREVIEW_SUFFIXES, OVERLAY_SUFFIX, ".json", ".mrk.json", ".csv"})
 DEBUG_ENV = "ORGANDETR_DEBUG"  # as in cli.py: re-raise for the traceback
 
 
@@ -85,7 +87,8 @@ def _output_path(option: Path | None, stem: str, suffix: str, batch: bool) -> Pa
     if option is None:
         return None
     if batch:
-        if option.exists() and not option.is_dir():
+        looks_like_a_file = full_suffix(option) in FILE_SUFFIXES
+        if (option.exists() and not option.is_dir()) or (not option.exists() and looks_like_a_file):
             raise UserInputError(f"{option}: must be a folder when there are several inputs")
         option.mkdir(parents=True, exist_ok=True)
         return option / f"{stem}{suffix}"
