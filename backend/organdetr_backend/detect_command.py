@@ -146,44 +146,48 @@ def _error_line(task: Task, error: BaseException) -> str:
     return f"{task.input}: {message.removeprefix(prefix)}"
 
 
-def run(args: argparse.Namespace) -> int:
+def _process(task: Task, predictor, args: argparse.Namespace, write_result: Callable, render_result: Callable) -> None:
+    """Read one input, detect, write every requested output (raises on the first problem)."""
     import SimpleITK as sitk
     from tqdm import tqdm
 
     from .image_io import read_image
     from .output_file import atomic_output
     from .overlay import render_overlay
+
+    for output in (task.result, task.seg_preview, task.overlay):
+        if output is not None:
+            check_writable(output, args.overwrite)
+    start = time.perf_counter()
+    loaded = read_image(task.input, args.series_uid)
+    read_s = time.perf_counter() - start
+    if loaded.note:
+        tqdm.write(f"organdetr detect: note: {task.input}: {loaded.note}", file=sys.stderr)
+    prediction = predictor.predict(loaded, top_k=args.top_k, segmentation=task.seg_preview is not None, read_s=read_s)
+    if task.result is None:
+        print(render_result(prediction.result), flush=True)
+    else:
+        write_result(prediction.result, task.result, overwrite=args.overwrite)
+    if task.seg_preview is not None and prediction.segmentation is not None:
+        with atomic_output(task.seg_preview, args.overwrite) as temp:
+            sitk.WriteImage(prediction.segmentation, str(temp), useCompression=True)
+    if task.overlay is not None:
+        render_overlay(loaded.image, prediction.result, task.overlay, overwrite=args.overwrite)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from .predictor import Predictor
 
     tasks = plan_tasks(args)
-    writers = _result_writers()
-    write_result, render_result = writers[args.format]
+    write_result, render_result = _result_writers()[args.format]
     predictor = Predictor(args.model, args.device)
     batch = len(tasks) > 1
     bad = internal = 0
-    progress = tqdm(tasks, unit="image", file=sys.stderr, disable=None if batch else True, dynamic_ncols=True)
-    for task in progress:
+    for task in tqdm(tasks, unit="image", file=sys.stderr, disable=None if batch else True, dynamic_ncols=True):
         try:
-            for output in (task.result, task.seg_preview, task.overlay):
-                if output is not None:
-                    check_writable(output, args.overwrite)
-            start = time.perf_counter()
-            loaded = read_image(task.input, args.series_uid)
-            read_s = time.perf_counter() - start
-            if loaded.note:
-                tqdm.write(f"organdetr detect: note: {task.input}: {loaded.note}", file=sys.stderr)
-            prediction = predictor.predict(
-                loaded, top_k=args.top_k, segmentation=task.seg_preview is not None, read_s=read_s
-            )
-            if task.result is None:
-                print(render_result(prediction.result), flush=True)
-            else:
-                write_result(prediction.result, task.result, overwrite=args.overwrite)
-            if task.seg_preview is not None and prediction.segmentation is not None:
-                with atomic_output(task.seg_preview, args.overwrite) as temp:
-                    sitk.WriteImage(prediction.segmentation, str(temp), useCompression=True)
-            if task.overlay is not None:
-                render_overlay(loaded.image, prediction.result, task.overlay, overwrite=args.overwrite)
+            _process(task, predictor, args, write_result, render_result)
         except UserInputError as error:
             bad += 1
             tqdm.write(f"organdetr detect: error: {_error_line(task, error)}", file=sys.stderr)
@@ -196,8 +200,7 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     if batch:
-        failed = bad + internal
-        print(f"organdetr detect: {len(tasks) - failed} of {len(tasks)} inputs done", file=sys.stderr)
+        print(f"organdetr detect: {len(tasks) - bad - internal} of {len(tasks)} inputs done", file=sys.stderr)
     if internal:
         return EXIT_INTERNAL
     return EXIT_USAGE if bad else EXIT_OK
