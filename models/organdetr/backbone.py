@@ -40,8 +40,9 @@ def backbone_stride(stage: int) -> int:
 
 def backbone_divisor(config: BackboneConfig) -> int:
     """The input's spatial size must be a multiple of this for every encoder stage to halve exactly."""
-    num_stages = RESNET_STAGES if config.kind == "resnet" else len(config.stage_channels)
-    return backbone_stride(num_stages - 1)
+    # The ResNet runs only up to its coarsest requested stage (deeper layers are dropped).
+    deepest = max(config.out_stages) if config.kind == "resnet" else len(config.stage_channels) - 1
+    return backbone_stride(deepest)
 
 
 class FPNBackbone(nn.Module):

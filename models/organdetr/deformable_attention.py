@@ -100,19 +100,15 @@ class MultiScaleDeformableAttention3D(nn.Module):
         reference_points: Tensor,
         value: Tensor,
         spatial_shapes: list[tuple[int, int, int]],
-        value_padding_mask: Tensor | None = None,
     ) -> Tensor:
         """Attend from ``query`` ``[B, Q, C]`` to the flattened levels ``value`` ``[B, S, C]``.
 
         ``reference_points`` is ``[B, Q, L, 3]`` (normalised points) or ``[B, Q, L, 6]`` (normalised boxes
-        ``c0, c1, c2, s0, s1, s2``), array-axis order. ``value_padding_mask`` ``[B, S]`` zeroes padded values.
+        ``c0, c1, c2, s0, s1, s2``), array-axis order.
         """
         batch, queries, _ = query.shape
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
-        projected = self.value_proj(value)
-        if value_padding_mask is not None:
-            projected = projected.masked_fill(value_padding_mask[..., None], 0.0)
-        projected = projected.view(batch, value.shape[1], heads, -1)
+        projected = self.value_proj(value).view(batch, value.shape[1], heads, -1)
         offsets = self.sampling_offsets(query).view(batch, queries, heads, levels, points, SPATIAL_DIMS)
         weights = self.attention_weights(query).view(batch, queries, heads, levels * points).softmax(-1)
         weights = weights.view(batch, queries, heads, levels, points)
