@@ -129,7 +129,7 @@ def test_augmentation_recomputes_boxes_and_is_reproducible(dataset_json) -> None
     always = replace(AugmentConfig(), affine_probability=1.0)
     dataset = DetectionDataset(cases, always, seed=3)
     image, target, name = dataset[0]
-    assert name == "pt_201"
+    assert name == "openkbp_pt_201"
     again, _, _ = dataset[0]
     assert torch.equal(image, again)  # a pure function of (seed, epoch, index)
     dataset.set_epoch(1)

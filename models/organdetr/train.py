@@ -412,9 +412,17 @@ class Trainer:
     def _limit_reached(self, started: float) -> str | None:
         if self.limits.max_steps is not None and self.state.global_step >= self.limits.max_steps:
             return f"--max-steps {self.limits.max_steps} reached"
-        if self.limits.time_limit_s is not None and time.monotonic() - started >= self.limits.time_limit_s:
-            return f"--time-limit-minutes {self.limits.time_limit_s / 60:g} reached"
-        return None
+        if self.limits.time_limit_s is None:
+            return None
+        expired = time.monotonic() - started >= self.limits.time_limit_s
+        if self.dist.world_size > 1:  # clocks differ: all ranks must stop after the same step
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(expired)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            expired = bool(flag.item())
+        return f"--time-limit-minutes {self.limits.time_limit_s / 60:g} reached" if expired else None
 
     def _mean_losses(self) -> dict[str, float]:
         """Epoch means of the losses over all ranks."""
