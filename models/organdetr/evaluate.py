@@ -93,7 +93,7 @@ def save_quicklook(path: Path, case, image, class_names: Sequence[str]) -> None:
             volume.max(axis=projected),
             cmap="gray",
             origin="upper",
-            aspect="auto",
+            aspect="equal",
             extent=(0, volume.shape[cols] * spacing[cols], volume.shape[rows] * spacing[rows], 0),
         )
         ax.set_title(f"projection along network axis {projected} (mm)")
