@@ -17,20 +17,19 @@ import json
 import numpy as np
 import slicer
 from organdetr.errors import UserInputError
+from organdetr.image_geometry import index_to_physical_matrix
+from organdetr_backend.geometry import (
+    lps_to_ras,
+    orientation_lps_to_ras,
+    orientation_ras_to_lps,
+    physical_box_to_voxel_bounds,
+    ras_to_lps,
+)
+from organdetr_backend.organ_terminology import organ_term
 from organdetr_backend.schema import Detection, DetectionResult, ImageInfo, PhysicalBox, VoxelBounds
 
-from .organ_terminology import organ_term
 from .scene_nodes import place_under, remove_node
-from .volume_geometry import (
-    VolumeGeometry,
-    lps_to_ras_matrix,
-    lps_to_ras_point,
-    numpy_from_vtk_matrix,
-    ras_to_lps_matrix,
-    ras_to_lps_point,
-    volume_geometry,
-    vtk_from_numpy_matrix,
-)
+from .volume_geometry import VolumeGeometry, numpy_from_vtk_matrix, volume_geometry, vtk_from_numpy_matrix
 
 VOLUME_REFERENCE_ROLE = "organdetrInputVolume"
 ATTRIBUTE_PREFIX = "OrganDETR."
@@ -40,7 +39,6 @@ VOXEL_BOUNDS, CANDIDATES, MODEL_BOX, TERMINOLOGY = "VoxelBounds", "Candidates", 
 MANUAL_SCORE = 1.0  # a box an annotator drew is certain by definition
 DEFAULT_FILL_OPACITY = 0.1  # see the CT through the box
 GEOMETRY_TOLERANCE_MM = 1e-3  # smaller differences are float rounding of the ROI, not edits
-EDGE_TOLERANCE = 1e-6  # voxels; box edges this close to a voxel edge are on it (affine round-off)
 _CORNER_SIGNS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
 
 
@@ -74,8 +72,8 @@ def organdetr_rois(scene, volume_node=None) -> list:
 def set_roi_box(roi, box: PhysicalBox) -> None:
     """Place a ROI (node coordinates) exactly on an LPS physical box."""
     matrix = np.eye(4)
-    matrix[:3, :3] = lps_to_ras_matrix(box.orientation)
-    matrix[:3, 3] = lps_to_ras_point(box.center)
+    matrix[:3, :3] = orientation_lps_to_ras(box.orientation)
+    matrix[:3, 3] = lps_to_ras(box.center)
     was_modifying = roi.StartModify()
     roi.GetObjectToNodeMatrix().DeepCopy(vtk_from_numpy_matrix(matrix))
     roi.SetSize(*box.size)
@@ -102,29 +100,10 @@ def roi_box(roi, volume_node) -> PhysicalBox:
     object_to_volume = _roi_to_volume_node_matrix(roi, volume_node) @ numpy_from_vtk_matrix(roi.GetObjectToNodeMatrix())
     size = roi.GetSize()
     return PhysicalBox(
-        center=tuple(float(v) for v in ras_to_lps_point(object_to_volume[:3, 3])),
+        center=tuple(float(v) for v in ras_to_lps(object_to_volume[:3, 3])),
         size=tuple(float(v) for v in size),
-        orientation=[float(v) for v in ras_to_lps_matrix(object_to_volume[:3, :3]).ravel()],
+        orientation=[float(v) for v in orientation_ras_to_lps(object_to_volume[:3, :3]).ravel()],
     )
-
-
-def voxel_bounds_of_box(box: PhysicalBox, geometry: VolumeGeometry) -> VoxelBounds:
-    """Inclusive voxel bounds a box covers, with the backend's convention (organdetr_backend.geometry): box edges
-    snap to the nearest voxel edge (voxel v spans [v - 0.5, v + 0.5]), clipped to the image, never empty.
-
-    Re-implemented here on purpose: the backend's version takes a SimpleITK image and imports torch through
-    organdetr.preprocess, which Slicer's Python does not have in remote mode. A test checks both agree.
-    """
-    axes = np.array(box.orientation).reshape(3, 3) * (0.5 * np.array(box.size))
-    corners = np.array(box.center) + _CORNER_SIGNS @ axes.T
-    lps_to_index = np.linalg.inv(geometry.index_to_lps())
-    index = corners @ lps_to_index[:3, :3].T + lps_to_index[:3, 3]
-    shape = np.array(geometry.shape)
-    first = np.floor(index.min(axis=0) + 1.0 - EDGE_TOLERANCE).astype(int)
-    last = np.ceil(index.max(axis=0) - 1.0 + EDGE_TOLERANCE).astype(int)
-    first = np.clip(first, 0, shape - 1)
-    last = np.clip(np.maximum(last, first), 0, shape - 1)
-    return VoxelBounds(min_ijk=tuple(int(v) for v in first), max_ijk_inclusive=tuple(int(v) for v in last))
 
 
 # --- nodes <-> detections -------------------------------------------------------------------------------------
@@ -179,10 +158,9 @@ def add_manual_roi(scene, volume_node, label: str, class_id: int, box: PhysicalB
     in its centre (the annotator then drags the handles)."""
     geometry = volume_geometry(volume_node)
     if box is None:
-        index_to_lps = geometry.index_to_lps()
         centre_index = (np.array(geometry.shape, dtype=np.float64) - 1.0) / 2.0
         box = PhysicalBox(
-            center=tuple(float(v) for v in index_to_lps[:3, :3] @ centre_index + index_to_lps[:3, 3]),
+            center=tuple(float(v) for v in (index_to_physical_matrix(geometry) @ np.append(centre_index, 1.0))[:3]),
             size=tuple(float(v) for v in np.array(geometry.shape) * np.array(geometry.spacing) / 4.0),
             orientation=list(geometry.direction),
         )
@@ -243,7 +221,7 @@ def roi_to_detection(roi, volume_node, geometry: VolumeGeometry | None = None) -
     else:
         box = roi_box(roi, volume_node)
         source = "manual" if source == "manual" else "edited"
-        voxel_bounds = voxel_bounds_of_box(box, geometry or volume_geometry(volume_node))
+        voxel_bounds = physical_box_to_voxel_bounds(box, geometry or volume_geometry(volume_node))
     return Detection(
         label=roi_label(roi),
         class_id=int(_get(roi, CLASS_ID) or 1),

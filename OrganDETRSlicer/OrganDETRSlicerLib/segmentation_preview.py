@@ -10,8 +10,8 @@ from pathlib import Path
 
 import slicer
 from organdetr.errors import UserInputError
+from organdetr_backend.organ_terminology import organ_term
 
-from .organ_terminology import organ_term
 from .scene_nodes import place_under, remove_node
 
 PREVIEW_REFERENCE_ROLE = "organdetrPreviewOf"

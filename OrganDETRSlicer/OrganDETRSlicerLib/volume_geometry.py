@@ -1,7 +1,8 @@
 """The link between MRML (RAS) and the backend's result schema (LPS, ITK index conventions).
 
-Slicer node coordinates are RAS; the backend states everything in LPS. The change of basis is the diagonal
-``diag(-1, -1, 1)``: points negate x and y, matrices that map INTO physical space negate their first two rows.
+Slicer node coordinates are RAS; the backend states everything in LPS. The change of basis (negate x and y) and the
+index <-> physical geometry are the backend's own (organdetr_backend.geometry, organdetr.image_geometry): a
+:class:`VolumeGeometry` is an ITK-style image grid, so the backend's box functions take it as they take an image.
 """
 
 from __future__ import annotations
@@ -10,26 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import vtk
+from organdetr.image_geometry import index_to_physical_matrix
+from organdetr_backend.geometry import orientation_ras_to_lps, ras_to_lps
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # Tolerances for "is this result about this volume": sub-micrometre in mm, and direction cosines to 1e-5.
 SPACING_TOLERANCE_MM = 1e-4
 ORIGIN_TOLERANCE_MM = 1e-3
 DIRECTION_TOLERANCE = 1e-5
-
-
-def lps_to_ras_point(point) -> np.ndarray:
-    return LPS_TO_RAS @ np.asarray(point, dtype=np.float64)
-
-
-def lps_to_ras_matrix(matrix) -> np.ndarray:
-    """A 3x3 matrix whose columns are directions in LPS -> the same directions in RAS (negate rows 0 and 1)."""
-    return LPS_TO_RAS @ np.asarray(matrix, dtype=np.float64).reshape(3, 3)
-
-
-# The change of basis is its own inverse.
-ras_to_lps_point = lps_to_ras_point
-ras_to_lps_matrix = lps_to_ras_matrix
 
 
 def numpy_from_vtk_matrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
@@ -53,12 +41,18 @@ class VolumeGeometry:
     origin: tuple[float, float, float]
     direction: tuple[float, ...]  # row-major 3x3, columns = index axes in LPS
 
-    def index_to_lps(self) -> np.ndarray:
-        """4x4 affine: continuous ITK index (i, j, k) -> LPS mm."""
-        matrix = np.eye(4)
-        matrix[:3, :3] = np.array(self.direction).reshape(3, 3) @ np.diag(self.spacing)
-        matrix[:3, 3] = self.origin
-        return matrix
+    # The ITK image-geometry interface (organdetr.image_geometry.ImageGrid), for the backend's geometry functions.
+    def GetSize(self) -> tuple[int, int, int]:
+        return self.shape
+
+    def GetSpacing(self) -> tuple[float, float, float]:
+        return self.spacing
+
+    def GetOrigin(self) -> tuple[float, float, float]:
+        return self.origin
+
+    def GetDirection(self) -> tuple[float, ...]:
+        return self.direction
 
     @classmethod
     def from_image_info(cls, image) -> VolumeGeometry:
@@ -75,7 +69,7 @@ class VolumeGeometry:
 
         Slicer's reader, for one, flips the slice axis of left-handed images; the voxels are the same ones.
         """
-        index_map = np.linalg.inv(other.index_to_lps()) @ self.index_to_lps()
+        index_map = np.linalg.inv(index_to_physical_matrix(other)) @ index_to_physical_matrix(self)
         linear = index_map[:3, :3]
         if not np.allclose(linear, np.round(linear), atol=DIRECTION_TOLERANCE) or not np.allclose(
             np.abs(np.round(linear)).sum(axis=0), 1.0
@@ -118,6 +112,6 @@ def volume_geometry(volume_node) -> VolumeGeometry:
     return VolumeGeometry(
         shape=shape,  # type: ignore[arg-type]
         spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
-        origin=tuple(float(v) for v in ras_to_lps_point(matrix[:3, 3])),  # type: ignore[arg-type]
-        direction=tuple(float(v) for v in ras_to_lps_matrix(direction_ras).ravel()),
+        origin=tuple(float(v) for v in ras_to_lps(matrix[:3, 3])),  # type: ignore[arg-type]
+        direction=tuple(float(v) for v in orientation_ras_to_lps(direction_ras).ravel()),
     )

@@ -22,6 +22,7 @@ from organdetr_backend.export import (
 )
 from organdetr_backend.geometry import orientation_lps_to_ras, voxel_bounds_to_physical
 from organdetr_backend.image_io import image_info, read_image
+from organdetr_backend.organ_terminology import normalise_organ_name, organ_term
 from organdetr_backend.schema import Detection, DetectionResult, ModelInfo, PhysicalBox, Timing, VoxelBounds
 
 ORGANS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
@@ -143,7 +144,12 @@ def test_markups_validate_against_slicer_schema(result, data_dir):
     jsonschema.validate(document, schema)
     assert [m["name"] for m in document["markups"]] == [d.label for d in result.detections]
     assert {m["type"] for m in document["markups"]} == {"ROI"}
-    assert len({tuple(m["display"]["color"]) for m in document["markups"]}) == len(result.detections)
+    # Colours are the organs' anatomy colours (as the Slicer module shows them): distinct organs, distinct colours;
+    # the two sides of a paired organ share one.
+    for markup in document["markups"]:
+        assert markup["display"]["color"] == list(organ_term(markup["name"]).colour)
+    organs = {normalise_organ_name(d.label)[0] for d in result.detections}
+    assert len({tuple(m["display"]["color"]) for m in document["markups"]}) == len(organs) == 3
     broken = json.loads(json.dumps(document))
     broken["markups"][0]["center"] = [1.0, 2.0]
     with pytest.raises(jsonschema.ValidationError):  # the schema check itself can fail

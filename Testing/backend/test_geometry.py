@@ -17,6 +17,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +32,7 @@ from organdetr_backend.geometry import (
     lps_to_ras,
     network_box_to_image,
     orientation_lps_to_ras,
+    orientation_ras_to_lps,
     physical_box_corners,
     physical_box_to_voxel_bounds,
     ras_to_lps,
@@ -269,6 +272,15 @@ def test_lps_ras_helpers():
     np.testing.assert_array_equal(lps_to_ras(points), [[-10.0, -20.0, 30.0], [1.0, -2.0, -3.0]])
     np.testing.assert_array_equal(ras_to_lps(lps_to_ras(points)), points)
     np.testing.assert_array_equal(orientation_lps_to_ras(np.eye(3).ravel()), np.diag([-1.0, -1.0, 1.0]))
+    rotation = np.array(sitk.Euler3DTransform((0, 0, 0), 0.3, -0.2, 0.5).GetMatrix()).reshape(3, 3)
+    np.testing.assert_array_equal(orientation_ras_to_lps(orientation_lps_to_ras(rotation)), rotation)
+
+
+def test_geometry_imports_neither_torch_nor_simpleitk():
+    """Slicer's Python (remote mode: no torch) runs these same functions on its volume geometry."""
+    code = "import sys, organdetr_backend.geometry; print(sorted({'torch', 'SimpleITK'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_corners_span_the_oriented_box():

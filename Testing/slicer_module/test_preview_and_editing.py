@@ -1,4 +1,5 @@
-"""Segmentation preview import, edited-flag tracking, manual boxes, terminology and the installation plan."""
+"""Segmentation preview import (named and coloured by organ terminology), edited-flag tracking, manual boxes and
+the installation plan."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import SimpleITK as sitk
 import slicer
 from conftest import OPENKBP_CLASSES, label_derived_result
 from organdetr.errors import UserInputError
+from organdetr_backend.organ_terminology import organ_term
 from OrganDETRSlicerLib.dependency_installer import CONSTRAINTS_PLACEHOLDER, constraints_text, plan_installation
 from OrganDETRSlicerLib.edit_tracking import EditTracker
-from OrganDETRSlicerLib.organ_terminology import FALLBACK_PALETTE, organ_term
 from OrganDETRSlicerLib.roi_nodes import add_manual_roi, create_rois, roi_source, rois_to_result, set_rois_locked
 from OrganDETRSlicerLib.segmentation_preview import load_segmentation_preview, remove_segmentation_preview
 from vtk.util.numpy_support import vtk_to_numpy
@@ -85,18 +86,6 @@ def test_end_of_interaction_marks_edited(mrml, head_neck_case):
     rois[2].SetCenter(1.0, 2.0, 3.0)
     rois[2].InvokeEvent(end)
     assert roi_source(rois[2]) == "model"  # no longer observed (the export still reports it as edited)
-
-
-def test_terminology_normalises_names_and_falls_back():
-    right, left = organ_term("RightParotid"), organ_term("parotid_left")
-    assert right.type_code == left.type_code == ("SCT", "45289007", "Parotid gland")
-    assert right.modifier[2] == "Right" and left.modifier[2] == "Left"
-    assert right.display_name == "Right parotid gland"
-    assert "SCT^45289007^Parotid gland~SCT^24028007^Right" in right.terminology_entry()
-    assert organ_term("SpinalCord").type_code[1] == organ_term("spinal_cord").type_code[1] == "2748008"
-    unknown = organ_term("tumour_bed")
-    assert unknown.type_code is None and unknown.terminology_entry() == ""
-    assert unknown.colour in FALLBACK_PALETTE and organ_term("tumour_bed").colour == unknown.colour
 
 
 def test_installation_plan_never_pips_torch_or_replaces_slicer_packages():

@@ -95,6 +95,8 @@ def test_markups_json_validates_and_reloads(detected, tmp_path, data_dir):
     assert [node.GetName() for node in reloaded] == [d.label for d in result.detections]
     for node, roi in zip(reloaded, rois, strict=True):
         np.testing.assert_allclose(node.GetCenter(), roi.GetCenter(), atol=1e-4)
+        # An exported box keeps the colour the module gave it.
+        np.testing.assert_allclose(node.GetDisplayNode().GetColor(), roi.GetDisplayNode().GetColor(), atol=1e-6)
 
 
 def test_markups_json_reload_keeps_box_size(detected, tmp_path, data_dir):

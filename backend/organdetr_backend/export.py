@@ -17,13 +17,14 @@ from pathlib import Path
 from organdetr.errors import UserInputError
 from pydantic import ValidationError
 
+from .organ_terminology import organ_term
 from .schema import SCHEMA_NAME, SCHEMA_VERSION, DetectionResult
 
 MARKUPS_SCHEMA_URL = (
     "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
     "markups-schema-v1.0.3.json#"
 )
-# Distinct, reproducible organ colours: hues stepped by the golden ratio conjugate around the colour wheel.
+# Distinct, reproducible colours by class id for the quick-look overlay (organ_color); markups use organ_term.
 _HUE_STEP = 0.618033988749895
 _SATURATION, _VALUE = 0.65, 0.95
 _MAX_REPORTED_PROBLEMS = 3
@@ -130,10 +131,11 @@ def organ_color(class_id: int) -> tuple[float, float, float]:
 
 
 def result_to_markups(result: DetectionResult) -> dict:
-    """Slicer markups JSON document: one ROI (box) per detection, in LPS millimetres."""
+    """Slicer markups JSON document: one ROI (box) per detection, in LPS millimetres, coloured as the Slicer module
+    colours the organ (:func:`organ_terminology.organ_term`)."""
     markups = []
     for detection in result.detections:
-        color = list(organ_color(detection.class_id))
+        color = list(organ_term(detection.label).colour)
         markups.append(
             {
                 "type": "ROI",

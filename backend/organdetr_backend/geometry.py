@@ -6,6 +6,9 @@ A network box is normalised ``(c0, c1, c2, s0, s1, s2)`` on the network grid (vo
 inverted to bring the box corners to the original index space, where the box is axis-aligned because the
 preprocessing only permutes, flips and scales axes. Through the image's index-to-physical affine it becomes an
 oriented box whose axes are the image axes: oblique images give oblique boxes, never axis-aligned approximations.
+
+The "image" is any :class:`organdetr.image_geometry.ImageGrid` (a SimpleITK image, or the Slicer module's volume
+geometry); nothing here imports torch or SimpleITK, so Slicer's Python uses these same functions.
 """
 
 from __future__ import annotations
@@ -13,8 +16,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import SimpleITK as sitk
-from organdetr.preprocess import index_to_physical_matrix
+from organdetr.image_geometry import ImageGrid, index_to_physical_matrix
 
 from .schema import PhysicalBox, VoxelBounds
 
@@ -61,7 +63,7 @@ def canonical_axes(direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return candidates[best], permutations[best]
 
 
-def index_box_to_physical(index_lo: np.ndarray, index_hi: np.ndarray, image: sitk.Image) -> PhysicalBox:
+def index_box_to_physical(index_lo: np.ndarray, index_hi: np.ndarray, image: ImageGrid) -> PhysicalBox:
     """Box between continuous index EDGES ``index_lo`` and ``index_hi`` (per ITK axis) -> oriented LPS box.
 
     Centre = index-to-physical of the centre index; size = index extent x spacing; axes = the image axes,
@@ -79,7 +81,7 @@ def index_box_to_physical(index_lo: np.ndarray, index_hi: np.ndarray, image: sit
     )
 
 
-def voxel_bounds_to_physical(bounds: VoxelBounds, image: sitk.Image) -> PhysicalBox:
+def voxel_bounds_to_physical(bounds: VoxelBounds, image: ImageGrid) -> PhysicalBox:
     """The physical box spanning the outer edges of inclusive voxel bounds."""
     return index_box_to_physical(
         np.array(bounds.min_ijk) - HALF_VOXEL, np.array(bounds.max_ijk_inclusive) + HALF_VOXEL, image
@@ -111,7 +113,7 @@ def network_box_to_index_edges(
 
 
 def network_box_to_image(
-    box: np.ndarray, network_shape: tuple[int, int, int], index_to_network: np.ndarray, image: sitk.Image
+    box: np.ndarray, network_shape: tuple[int, int, int], index_to_network: np.ndarray, image: ImageGrid
 ) -> tuple[PhysicalBox, VoxelBounds]:
     """Map one normalised network box to the original image, clipped to the image.
 
@@ -134,7 +136,7 @@ def physical_box_corners(box: PhysicalBox) -> np.ndarray:
     return np.asarray(box.center, dtype=np.float64) + (signs * half) @ rotation.T
 
 
-def physical_box_to_voxel_bounds(box: PhysicalBox, image: sitk.Image) -> VoxelBounds:
+def physical_box_to_voxel_bounds(box: PhysicalBox, image: ImageGrid) -> VoxelBounds:
     """Inclusive voxel bounds of the image voxels a physical box covers (for edited or hand-drawn boxes).
 
     For a box whose axes are the image axes this inverts :func:`voxel_bounds_to_physical`; otherwise it is the
@@ -157,3 +159,6 @@ ras_to_lps = lps_to_ras
 def orientation_lps_to_ras(orientation: np.ndarray) -> np.ndarray:
     """A 3x3 rotation whose columns are axes in LPS -> the same axes in RAS (negate the first two rows)."""
     return _LPS_TO_RAS[:, None] * np.asarray(orientation, dtype=np.float64).reshape(3, 3)
+
+
+orientation_ras_to_lps = orientation_lps_to_ras

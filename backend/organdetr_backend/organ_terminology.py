@@ -5,6 +5,9 @@ liver and spleen red-brown, vessels red); codes are SNOMED-CT concepts as used b
 with the laterality modifiers SCT 24028007 (right) and SCT 7771000 (left). Organ names from any model are matched
 after normalisation (case, separators, laterality word order), so "RightParotid" and "parotid_right" are the same
 organ; unknown names get a stable colour from a fallback palette and no code.
+
+The one source of organ colours: the Slicer module's boxes and segments and the exported ``.mrk.json`` files use
+these, so an organ has the same colour everywhere. Pure Python, importable in Slicer without torch.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import PreprocessConfig
+from .image_geometry import index_to_physical_matrix
 
 
 @dataclass
@@ -30,15 +31,6 @@ class PreprocessedVolume:
     @property
     def network_shape(self) -> tuple[int, int, int]:
         return tuple(self.image.shape[1:])  # type: ignore[return-value]
-
-
-def index_to_physical_matrix(image: sitk.Image) -> np.ndarray:
-    """4x4 affine from a continuous ITK index to physical LPS millimetres."""
-    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    matrix = np.eye(4)
-    matrix[:3, :3] = direction @ np.diag(image.GetSpacing())
-    matrix[:3, 3] = image.GetOrigin()
-    return matrix
 
 
 def _resize_matrix(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> np.ndarray:
