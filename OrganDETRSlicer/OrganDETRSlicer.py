@@ -41,7 +41,8 @@ class OrganDETRSlicer(ScriptedLoadableModule):
             "selected box, Ctrl+Z undoes the last box edit."
         )
         self.parent.acknowledgementText = (
-            "Organ-DETR (Ghahremani et al., IEEE TMI); test data from TotalSegmentator and OpenKBP (see the repository README)."
+            "Organ-DETR (Ghahremani et al., IEEE TMI); test data from TotalSegmentator and OpenKBP "
+            "(see the repository README)."
         )
 
 

@@ -20,12 +20,11 @@ import SimpleITK as sitk
 import vtk
 from organdetr.preprocess import index_to_physical_matrix
 from organdetr_backend.geometry import physical_box_corners, voxel_bounds_to_physical
+from organdetr_backend.organ_terminology import organ_term
 from organdetr_backend.schema import VoxelBounds
 from vtk.util.numpy_support import numpy_to_vtk
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "OrganDETRSlicer"))
-from OrganDETRSlicerLib.organ_terminology import organ_term  # noqa: E402
 
 CASE = ROOT / "Testing" / "Data" / "openkbp_pt_201"
 CLASSES = ["Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible"]

@@ -6,7 +6,6 @@ file in the same folder, then ``os.replace``) and refuses to overwrite an existi
 
 from __future__ import annotations
 
-import colorsys
 import csv
 import io
 import json
@@ -24,9 +23,6 @@ MARKUPS_SCHEMA_URL = (
     "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
     "markups-schema-v1.0.3.json#"
 )
-# Distinct, reproducible colours by class id for the quick-look overlay (organ_color); markups use organ_term.
-_HUE_STEP = 0.618033988749895
-_SATURATION, _VALUE = 0.65, 0.95
 _MAX_REPORTED_PROBLEMS = 3
 CSV_COLUMNS = (
     "organ",
@@ -122,12 +118,6 @@ def read_result_json(path: str | os.PathLike) -> DetectionResult:
     except json.JSONDecodeError as error:
         raise UserInputError(f"{path.name}: not valid JSON ({error})") from None
     return parse_result(document, path.name)
-
-
-def organ_color(class_id: int) -> tuple[float, float, float]:
-    """A reproducible RGB colour in [0, 1] for an organ's class id (distinct for neighbouring ids)."""
-    hue = (class_id * _HUE_STEP) % 1.0
-    return colorsys.hsv_to_rgb(hue, _SATURATION, _VALUE)
 
 
 def result_to_markups(result: DetectionResult) -> dict:

@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Polygon
 from scipy.spatial import ConvexHull, QhullError
 
-from .export import organ_color
 from .geometry import physical_box_corners
+from .organ_terminology import organ_term
 from .output_file import atomic_output
 from .schema import Detection, DetectionResult
 
@@ -121,7 +121,7 @@ def _draw_view(axes, image, view: View, centre, detections, highlight, low, high
         if not corners[:, view.normal].min() <= position <= corners[:, view.normal].max():
             continue
         polygon = _hull(corners[:, [view.horizontal, view.vertical]])
-        color = organ_color(detection.class_id)
+        color = organ_term(detection.label).colour
         is_main = detection is highlight
         axes.add_patch(
             Polygon(
