@@ -1,16 +1,18 @@
 """Render the README picture: axial, coronal and sagittal CT slices with the organ boxes that cross them.
 
-The boxes are the organs' label-map bounding boxes of OpenKBP patient pt_201 (the ideal detector's output, built
-with the backend's geometry), not a model's prediction; the caption says so. Offscreen VTK, no display needed:
+Without ``--result`` the boxes are the organs' label-map bounding boxes of OpenKBP patient pt_201 (the ideal
+detector's output, built with the backend's geometry); with ``--result`` (an ``organdetr detect`` JSON of the same CT)
+the model's boxes are drawn thick over the thin reference boxes. The caption says which. Offscreen VTK:
 
-    VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow python docs/render_readme_picture.py [output.png]
+    organdetr detect Testing/Data/openkbp_pt_201/ct.nii.gz -o pt_201.json
+    python docs/render_readme_picture.py --result pt_201.json [--output docs/images/boxes_on_ct.png]
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
@@ -19,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 import vtk
 from organdetr.preprocess import index_to_physical_matrix
+from organdetr_backend.export import read_result_json
 from organdetr_backend.geometry import physical_box_corners, voxel_bounds_to_physical
 from organdetr_backend.organ_terminology import organ_term
 from organdetr_backend.schema import VoxelBounds
@@ -48,7 +51,7 @@ def slice_actor(image: vtk.vtkImageData, extent: tuple[int, ...], ijk_to_ras: np
     return actor
 
 
-def box_actor(corners_ras: np.ndarray, colour) -> vtk.vtkActor:
+def box_actor(corners_ras: np.ndarray, colour, width: float) -> vtk.vtkActor:
     points = vtk.vtkPoints()
     for corner in corners_ras:
         points.InsertNextPoint(*corner)
@@ -64,7 +67,7 @@ def box_actor(corners_ras: np.ndarray, colour) -> vtk.vtkActor:
     actor = vtk.vtkActor()
     actor.SetMapper(mapper)
     actor.GetProperty().SetColor(*colour)
-    actor.GetProperty().SetLineWidth(3)
+    actor.GetProperty().SetLineWidth(width)
     actor.GetProperty().SetLighting(False)
     return actor
 
@@ -76,6 +79,7 @@ VIEWS = (
     (1, (-1, 0, 0), (0, 0, 1), "sagittal"),
 )
 MARGIN_VOXELS = 6
+MODEL_WIDTH, REFERENCE_WIDTH = 3.0, 1.0
 
 
 def text_actor(text: str, position: tuple[int, int], colour, size: int) -> vtk.vtkTextActor:
@@ -87,7 +91,7 @@ def text_actor(text: str, position: tuple[int, int], colour, size: int) -> vtk.v
     return actor
 
 
-def main(output: Path) -> None:
+def main(output: Path, result_path: Path | None) -> None:
     image = sitk.ReadImage(str(CASE / "ct.nii.gz"))
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(CASE / "oar_label.nii.gz"))).transpose(2, 1, 0)
     voxels = sitk.GetArrayFromImage(image).astype(np.float32)  # k, j, i: VTK's x-fastest order
@@ -105,7 +109,11 @@ def main(output: Path) -> None:
         where = np.argwhere(labels == class_id)
         bounds = VoxelBounds(min_ijk=tuple(where.min(0).tolist()), max_ijk_inclusive=tuple(where.max(0).tolist()))
         corners = physical_box_corners(voxel_bounds_to_physical(bounds, image)) * LPS_TO_RAS.diagonal()[:3]
-        boxes.append((bounds, corners, organ_term(name)))
+        boxes.append((bounds, corners, organ_term(name), REFERENCE_WIDTH if result_path else MODEL_WIDTH))
+    if result_path is not None:
+        for detection in read_result_json(result_path).detections:
+            corners = physical_box_corners(detection.box) * LPS_TO_RAS.diagonal()[:3]
+            boxes.append((detection.voxel_bounds, corners, organ_term(detection.label), MODEL_WIDTH))
 
     window = vtk.vtkRenderWindow()
     window.SetOffScreenRendering(True)
@@ -118,9 +126,9 @@ def main(output: Path) -> None:
         extent = [int(v) for pair in zip(low, high, strict=True) for v in pair]
         extent[2 * axis] = extent[2 * axis + 1] = int(centre[axis])
         renderer.AddActor(slice_actor(data, tuple(extent), ijk_to_ras))
-        for bounds, corners, term in boxes:  # boxes the slice cuts through
+        for bounds, corners, term, width in boxes:  # boxes the slice cuts through
             if bounds.min_ijk[axis] <= centre[axis] <= bounds.max_ijk_inclusive[axis]:
-                renderer.AddActor(box_actor(corners, term.colour))
+                renderer.AddActor(box_actor(corners, term.colour, width))
         camera = renderer.GetActiveCamera()
         camera.ParallelProjectionOn()
         camera.SetFocalPoint(0, 0, 0)
@@ -136,10 +144,14 @@ def main(output: Path) -> None:
     for view, (_, _, _, title) in enumerate(VIEWS):
         overlay.AddViewProp(text_actor(title, (view * SIZE[0] // 3 + 12, 58), (0.8, 0.8, 0.8), 22))
     legend_x = 20
-    for _, _, term in boxes:
+    for _, _, term, _ in boxes[: len(CLASSES)]:
         overlay.AddViewProp(text_actor(term.display_name, (legend_x, SIZE[1] - 34), term.colour, 20))
         legend_x += 14 * len(term.display_name) + 20
-    caption = "Organ boxes from the reference label map (not a model prediction) on OpenKBP pt_201 head-and-neck CT"
+    caption = (
+        "Shipped Organ-DETR model's boxes (thick) and reference label-map boxes (thin), OpenKBP pt_201 head-and-neck CT"
+        if result_path
+        else "Organ boxes from the reference label map (not a model prediction) on OpenKBP pt_201 head-and-neck CT"
+    )
     overlay.AddViewProp(text_actor(caption, (20, 12), (0.9, 0.9, 0.9), 20))
     window.AddRenderer(overlay)
     window.Render()
@@ -153,4 +165,8 @@ def main(output: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "images" / "boxes_on_ct.png")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--result", type=Path, default=None, help="organdetr detect JSON of the pt_201 CT")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "images" / "boxes_on_ct.png")
+    arguments = parser.parse_args()
+    main(arguments.output, arguments.result)
