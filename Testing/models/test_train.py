@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 def setup(tmp_path, data_dir, tiny_config: DetectorConfig) -> tuple[Path, Path]:
     """(dataset.json, config.json of the tiny network) in ``tmp_path``."""
     config_path = tmp_path / "tiny.json"
-    config_path.write_text(tiny_config.to_json())
+    config_path.write_text(tiny_config.to_json(), encoding="utf-8")
     return write_dataset_json(tmp_path, data_dir), config_path
 
 
@@ -32,7 +32,7 @@ def train(setup: tuple[Path, Path], output: Path, *extra: str) -> int:
 
 
 def history(output: Path) -> list[dict]:
-    return json.loads((output / "history.json").read_text())
+    return json.loads((output / "history.json").read_text(encoding="utf-8"))
 
 
 def test_training_steps_reduce_the_loss_and_write_the_run_folder(setup, tmp_path) -> None:
@@ -51,13 +51,13 @@ def test_training_steps_reduce_the_loss_and_write_the_run_folder(setup, tmp_path
         saved = DetectorConfig.from_json_file(output / folder / "config.json")
         assert saved.training_data["splits"] == {"training": 2, "validation": 1}
         assert saved.preprocess.spatial_size == (32, 32, 32)
-    assert "val_mAP" in (output / "metrics.csv").read_text().splitlines()[0]
+    assert "val_mAP" in (output / "metrics.csv").read_text(encoding="utf-8").splitlines()[0]
     assert (output / "training_curves.png").stat().st_size > 1000
     # The trained checkpoint evaluates through the same command line.
     metrics_path = tmp_path / "metrics.json"
     assert main(["evaluate", "--model", str(output / "last"), "--data", str(setup[0]), "--output",
                  str(metrics_path), "--device", "cpu", "--quicklook", str(tmp_path / "look")]) == 0  # fmt: skip
-    metrics = json.loads(metrics_path.read_text())
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     assert set(metrics) >= {"mAP", "AP50", "AP75", "mAR", "mAP_nndet", "per_class"}
     assert metrics["mAP"] == pytest.approx(rows[-1]["val_mAP"])  # validation in training is the same evaluation
     assert (tmp_path / "look" / "openkbp_pt_201.png").is_file()
@@ -100,7 +100,7 @@ def test_two_process_ddp_on_gloo(setup, tmp_path) -> None:
                "--config", str(config), "--output", str(output), "--device", "cpu", "--epochs", "2",
                "--batch-size", "1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on cpu x2" in result.stderr
     rows = history(output)
@@ -117,3 +117,31 @@ def test_bad_options_are_one_line_errors(setup, tmp_path, capsys) -> None:
     assert "nothing to resume" in capsys.readouterr().err
     assert train(setup, tmp_path / "c", "--dense-lambda", "1.5") == 2
     assert "--dense-lambda" in capsys.readouterr().err
+
+
+def test_init_weights_fine_tunes_from_a_model_folder(setup, tmp_path) -> None:
+    first = tmp_path / "first"
+    assert train(setup, first, "--epochs", "1", "--batch-size", "2", "--no-augment") == 0
+    tuned = tmp_path / "tuned"
+    data, _ = setup
+    code = main(["train", "--data", str(data), "--output", str(tuned), "--device", "cpu",
+                 "--init-weights", str(first / "last"), "--epochs", "1", "--batch-size", "2", "--lr", "1e-5",
+                 "--no-augment", "--seed", "1"])  # fmt: skip
+    assert code == 0
+    before, after = load_file(first / "last" / "model.safetensors"), load_file(tuned / "last" / "model.safetensors")
+    assert before.keys() == after.keys()
+    # Started from the given weights (a tiny learning rate moves them only a little), not from a fresh network
+    # (which, with another seed, would differ everywhere).
+    assert all(torch.allclose(before[name], after[name], atol=1e-3) for name in before)
+    saved = DetectorConfig.from_json_file(tuned / "last" / "config.json")
+    assert saved.preprocess == DetectorConfig.from_json_file(first / "last" / "config.json").preprocess
+    assert saved.training_data["initialised_from"]["weights_sha256"]
+
+
+def test_init_weights_rejects_conflicting_options(setup, tmp_path, capsys) -> None:
+    first = tmp_path / "first"
+    assert train(setup, first, "--epochs", "1", "--batch-size", "2", "--no-augment") == 0
+    assert train(setup, tmp_path / "x", "--init-weights", str(first / "last")) == 2
+    assert "--init-weights fixes the network" in capsys.readouterr().err
+    assert train(setup, first, "--resume", "--init-weights", str(first / "last")) == 2
+    assert "cannot be combined with --resume" in capsys.readouterr().err

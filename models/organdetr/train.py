@@ -82,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from last/")
     parser.add_argument(
+        "--init-weights",
+        default=None,
+        help="start a new run from this model folder's weights (fine-tuning, e.g. 'default' for the shipped model); "
+        "its network and preprocessing settings replace the preset's",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -149,11 +155,16 @@ def _init_distributed(device_name: str):
     return context, device
 
 
-def _build_config(args: argparse.Namespace, description) -> Any:
-    """The DetectorConfig of a new run: preset (or --config) with the command-line overrides."""
+def _build_config(args: argparse.Namespace, description, initial=None) -> Any:
+    """A new run's DetectorConfig: preset, --config or --init-weights' model, with the command-line overrides."""
     from .config import DetectorConfig, preset_config
 
-    if args.config is not None:
+    if initial is not None:
+        if args.config is not None or args.spatial_size is not None or args.no_msa:
+            raise UserInputError("--init-weights fixes the network: drop --config, --spatial-size and --no-msa")
+        config = initial.config
+        description.check_class_names(config.class_names)
+    elif args.config is not None:
         try:
             config = DetectorConfig.from_json_file(args.config)
         except (OSError, ValueError, TypeError) as error:
@@ -197,8 +208,22 @@ def _build_config(args: argparse.Namespace, description) -> Any:
         matcher=matcher,
         model=model,
         preprocess=preprocess,
-        training_data=description.summary(),
+        training_data=description.summary() | _initialised_from(initial),
     )
+
+
+def _initialised_from(initial) -> dict[str, Any]:
+    """Provenance of fine-tuned weights, recorded with the run's config."""
+    if initial is None:
+        return {}
+    return {
+        "initialised_from": {
+            "name": initial.config.name,
+            "version": initial.config.version,
+            "weights_sha256": initial.weights_sha256,
+            "training_data": initial.config.training_data,
+        }
+    }
 
 
 def _resume_config(args: argparse.Namespace, last: Path) -> Any:
@@ -221,7 +246,7 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 def _atomic_text(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
+    temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
 
 
@@ -232,6 +257,7 @@ class Trainer:
         import torch
         import torch.distributed as dist
 
+        from .checkpoint import load_checkpoint
         from .criterion import SetCriterion
         from .dataset import AugmentConfig, CaseCache, DetectionDataset, available_splits, load_dataset_json
         from .matcher import DenseQueryMatcher
@@ -253,16 +279,19 @@ class Trainer:
             dist.barrier()  # every rank has checked the run folder before rank 0 writes into it
         splits = ["training"] + (["validation"] if "validation" in available_splits(args.data) else [])
         description = load_dataset_json(args.data, splits)
-        self.config = _resume_config(args, last) if args.resume else _build_config(args, description)
+        if args.resume and args.init_weights is not None:
+            raise UserInputError("--init-weights starts a new run; it cannot be combined with --resume")
+        initial = None if args.init_weights is None else load_checkpoint(args.init_weights, "cpu")
+        self.config = _resume_config(args, last) if args.resume else _build_config(args, description, initial)
         description.check_class_names(self.config.class_names)
         train_config = self.config.train
         self.class_names = self.config.class_names
 
         torch.manual_seed(train_config.seed)  # identical initial weights on every rank
         if args.resume:
-            from .checkpoint import load_checkpoint
-
             self.model = load_checkpoint(last, self.device).model.train()
+        elif initial is not None:
+            self.model = initial.model.to(self.device).train()
         else:
             self.model = build_model(self.config.model).to(self.device)
         try:
@@ -343,7 +372,7 @@ class Trainer:
         if self.device.type == "cuda" and saved.get("rng_cuda"):
             torch.cuda.set_rng_state(saved["rng_cuda"][self.dist.rank % len(saved["rng_cuda"])], self.device)
         history_file = self.output / HISTORY_FILE
-        self.history = json.loads(history_file.read_text()) if history_file.is_file() else []
+        self.history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.is_file() else []
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def _gather_rng(self):
@@ -385,7 +414,7 @@ class Trainer:
             }
             torch.save(state, partial / TRAINING_STATE_FILE)
         if metrics is not None:
-            (partial / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            (partial / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         old = self.output / f".{name}.old"
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
