@@ -115,7 +115,9 @@ def console_script(model: str | None, device: str, image_path: Path) -> dict:
         command = [sys.executable, "-m", "organdetr_backend.cli", "detect", str(image_path)]
         command += ["-o", str(Path(folder) / "result.json"), *model_arguments(model, device)]
         start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, encoding="utf-8", errors="replace"
+        )
         # Sampled, not getrusage(RUSAGE_CHILDREN): a forked child inherits this process's peak in ru_maxrss.
         sampler = MemorySampler(process.pid)
         sampler.start()
@@ -131,10 +133,10 @@ def http_service(model: str | None, device: str, image_path: Path, clients: int,
     token = secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory() as folder:
         token_file = Path(folder) / "token"
-        token_file.write_text(token)
+        token_file.write_text(token, encoding="utf-8")
         command = [sys.executable, "-m", "organdetr_backend.cli", "serve", "--port", "0"]
         command += ["--token-file", str(token_file), "--queue-limit", str(requests), *model_arguments(model, device)]
-        server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen(command, stdout=subprocess.PIPE, encoding="utf-8", errors="replace")
         try:
             url = _wait_ready(server)
             sampler = MemorySampler(server.pid)
@@ -193,7 +195,7 @@ def main() -> int:
             figures["http"] = http_service(model, args.device, args.input, args.clients, args.requests)
             print(json.dumps({"http": figures["http"]}, indent=2), flush=True)
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

@@ -49,7 +49,7 @@ class BackendSettings:
 def _write_token_file(token: str) -> Path:
     descriptor, name = tempfile.mkstemp(prefix="organdetr-token-", suffix=".txt")
     os.fchmod(descriptor, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         handle.write(token + "\n")
     return Path(name)
 
@@ -86,7 +86,9 @@ class EmbeddedBackend:
         self.token = secrets.token_urlsafe(32)
         self._token_file = _write_token_file(self.token)
         # Closed in _cleanup_files when the child stops: it must outlive this method.
-        self._stderr_file = tempfile.TemporaryFile(mode="w+", prefix="organdetr-serve-stderr-")  # noqa: SIM115
+        self._stderr_file = tempfile.TemporaryFile(  # noqa: SIM115
+            mode="w+", encoding="utf-8", errors="replace", prefix="organdetr-serve-stderr-"
+        )
         environment = {**os.environ, **self.settings.extra_env, "PYTHONUNBUFFERED": "1"}
         try:
             self.process = subprocess.Popen(
@@ -94,7 +96,8 @@ class EmbeddedBackend:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr_file,
-                text=True,
+                encoding="utf-8",
+                errors="replace",  # only a ready line and log text, shown to people
                 env=environment,
                 start_new_session=True,  # own process group: the whole tree can be signalled at once
             )

@@ -133,7 +133,7 @@ def execute_plan(
             raise RuntimeError("PyTorch is not installed; install it with the PyTorch extension first")
         descriptor, name = tempfile.mkstemp(prefix="organdetr-constraints-", suffix=".txt")
         try:
-            with os.fdopen(descriptor, "w") as handle:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
                 handle.write(constraints_text(installed))
             arguments = [name if argument == CONSTRAINTS_PLACEHOLDER else argument for argument in step.pip_arguments]
             run_pip(arguments)

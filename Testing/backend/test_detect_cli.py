@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,24 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from matplotlib.image import imread
+from organdetr.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from organdetr_backend.cli import main
 from organdetr_backend.schema import DetectionResult
+
+NON_ASCII_LABEL = "Glándula"
+# An ASCII-only process locale, as 3D Slicer and other hosts may run with; no UTF-8 mode, no locale coercion.
+C_LOCALE_ENV = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+
+
+@pytest.fixture(scope="module")
+def non_ascii_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint with a non-ASCII organ name, its config.json raw UTF-8 (as a hand-edited one may be)."""
+    folder = tmp_path_factory.mktemp("non_ascii_checkpoint")
+    shutil.copy(tiny_checkpoint / WEIGHTS_FILE, folder / WEIGHTS_FILE)
+    config = json.loads((tiny_checkpoint / CONFIG_FILE).read_text(encoding="utf-8"))
+    config["class_names"][0] = NON_ASCII_LABEL
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    return folder
 
 
 @pytest.fixture()
@@ -49,17 +66,17 @@ def test_json_markups_and_csv_outputs_are_valid(detect, small_abdomen_ct, data_d
     assert detect(small_abdomen_ct, "-o", markups_path, "--format", "mrk") == 0
     assert detect(small_abdomen_ct, "-o", csv_path, "--format", "csv") == 0
 
-    result = DetectionResult.model_validate_json(json_path.read_text())
-    markups = json.loads(markups_path.read_text())
-    jsonschema.validate(markups, json.loads((data_dir / "markups-schema-v1.0.3.json").read_text()))
+    result = DetectionResult.model_validate_json(json_path.read_text(encoding="utf-8"))
+    markups = json.loads(markups_path.read_text(encoding="utf-8"))
+    jsonschema.validate(markups, json.loads((data_dir / "markups-schema-v1.0.3.json").read_text(encoding="utf-8")))
     assert [m["name"] for m in markups["markups"]] == [d.label for d in result.detections]
-    rows = list(csv.DictReader(csv_path.open()))
+    rows = list(csv.DictReader(csv_path.open(encoding="utf-8", newline="")))
     assert len(rows) == len(result.detections)
 
 
 def test_existing_folder_as_output_gets_a_named_file(detect, small_abdomen_ct, tmp_path) -> None:
     assert detect(small_abdomen_ct, "-o", tmp_path) == 0
-    assert DetectionResult.model_validate_json((tmp_path / "ct.organdetr.json").read_text()).detections
+    assert DetectionResult.model_validate_json((tmp_path / "ct.organdetr.json").read_text(encoding="utf-8")).detections
 
 
 def test_overlay_png_and_segmentation_preview(detect, head_neck_case, tmp_path) -> None:
@@ -99,12 +116,12 @@ def test_batch_with_one_bad_input_writes_the_others_and_exits_2(
 
 def test_refuses_to_overwrite_without_overwrite(detect, small_abdomen_ct, tmp_path, capsys) -> None:
     target = tmp_path / "r.json"
-    target.write_text("keep me")
+    target.write_text("keep me", encoding="utf-8")
     assert detect(small_abdomen_ct, "-o", target) == 2
-    assert target.read_text() == "keep me"
+    assert target.read_text(encoding="utf-8") == "keep me"
     assert "already exists" in capsys.readouterr().err
     assert detect(small_abdomen_ct, "-o", target, "--overwrite") == 0
-    assert DetectionResult.model_validate_json(target.read_text())
+    assert DetectionResult.model_validate_json(target.read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize(
@@ -125,18 +142,45 @@ def test_usage_errors_exit_2_with_one_line(detect, small_abdomen_ct, tmp_path, c
     assert len(err) == 1 and message in err[0]
 
 
-def test_console_script_reports_bad_input_in_one_line(tiny_checkpoint, tmp_path) -> None:
-    """The installed entry point, in its own process: exit code 2, one line on stderr, no traceback."""
-    bad = _bad_nifti(tmp_path)
-    env = {key: value for key, value in os.environ.items() if key != "ORGANDETR_DEBUG"}
-    completed = subprocess.run(
-        [sys.executable, "-m", "organdetr_backend.cli", "detect", str(bad), "--model", str(tiny_checkpoint)],
+def _console_script(*args: str | Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``organdetr`` as its own process (``python -m organdetr_backend.cli``), without the debug switch."""
+    env = {key: value for key, value in os.environ.items() if key != "ORGANDETR_DEBUG"} | (extra_env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "organdetr_backend.cli", *map(str, args)],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         env=env,
         timeout=120,
     )
+
+
+def test_console_script_reports_bad_input_in_one_line(tiny_checkpoint, tmp_path) -> None:
+    """The installed entry point, in its own process: exit code 2, one line on stderr, no traceback."""
+    bad = _bad_nifti(tmp_path)
+    completed = _console_script("detect", bad, "--model", tiny_checkpoint)
     assert completed.returncode == 2
     assert completed.stdout == ""
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1 and "broken.nii.gz" in lines[0] and "Traceback" not in completed.stderr
+
+
+def test_console_script_in_a_c_locale_keeps_non_ascii_labels(non_ascii_checkpoint, small_abdomen_ct, tmp_path) -> None:
+    """Under an ASCII locale the files and stdout are still UTF-8: a non-ASCII organ name survives every output."""
+    json_path, csv_path = tmp_path / "r.json", tmp_path / "r.csv"
+    common = ("--model", non_ascii_checkpoint, "--device", "cpu")
+    for path, output_format in ((json_path, "json"), (csv_path, "csv"), (None, "json")):
+        output = ("-o", path) if path is not None else ()
+        completed = _console_script(
+            "detect", small_abdomen_ct, *output, "--format", output_format, *common, extra_env=C_LOCALE_ENV
+        )
+        assert completed.returncode == 0, completed.stderr
+        assert "Traceback" not in completed.stderr
+    printed = DetectionResult.model_validate_json(completed.stdout)
+    written = DetectionResult.model_validate_json(json_path.read_text(encoding="utf-8"))
+    assert NON_ASCII_LABEL in printed.model.classes and NON_ASCII_LABEL in written.model.classes
+    assert [d.label for d in printed.detections] == [d.label for d in written.detections]
+    with csv_path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["organ"] for row in rows] == [d.label for d in written.detections]
+    assert NON_ASCII_LABEL in {row["organ"] for row in rows}  # every organ gets its best box, this one included

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
+import locale
 
 import jsonschema
 import numpy as np
@@ -27,6 +29,7 @@ from organdetr_backend.schema import Detection, DetectionResult, ModelInfo, Phys
 
 ORGANS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
 CLASSES = ["spleen", "kidney_right", "kidney_left", "gallbladder", "liver"]  # label value = index + 1
+NON_ASCII_LABEL = "Glándula"
 
 
 @pytest.fixture(scope="module")
@@ -61,18 +64,18 @@ def result(data_dir, small_abdomen_ct) -> DetectionResult:
 def test_json_round_trip_is_exact(result, tmp_path):
     path = write_result_json(result, tmp_path / "result.json")
     assert read_result_json(path) == result
-    assert json.loads(path.read_text())["detections"][1]["box"]["coordinate_system"] == "LPS"
+    assert json.loads(path.read_text(encoding="utf-8"))["detections"][1]["box"]["coordinate_system"] == "LPS"
 
 
 def test_writes_refuse_to_overwrite(result, tmp_path):
     for write, name in ((write_result_json, "r.json"), (write_markups, "r.mrk.json"), (write_csv, "r.csv")):
         path = tmp_path / name
-        path.write_text("the user's file")
+        path.write_text("the user's file", encoding="utf-8")
         with pytest.raises(UserInputError, match="already exists"):
             write(result, path)
-        assert path.read_text() == "the user's file"
+        assert path.read_text(encoding="utf-8") == "the user's file"
         write(result, path, overwrite=True)
-        assert path.read_text() != "the user's file"
+        assert path.read_text(encoding="utf-8") != "the user's file"
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path):
@@ -81,10 +84,10 @@ def test_failed_write_leaves_no_partial_file(tmp_path):
         atomic_write_text(target, '{"text": "' + "x" * 100_000 + '\ud800"}')  # fails half-way through encoding
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind either
-    target.write_text("previous")
+    target.write_text("previous", encoding="utf-8")
     with pytest.raises(UnicodeEncodeError):
         atomic_write_text(target, "\ud800", overwrite=True)
-    assert target.read_text() == "previous"
+    assert target.read_text(encoding="utf-8") == "previous"
 
 
 def test_write_into_missing_folder(tmp_path, result):
@@ -94,7 +97,7 @@ def test_write_into_missing_folder(tmp_path, result):
 
 def _write(tmp_path, text: str):
     path = tmp_path / "in.json"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -139,7 +142,7 @@ def test_validation_errors_summarised_in_one_line(result, tmp_path):
 
 
 def test_markups_validate_against_slicer_schema(result, data_dir):
-    schema = json.loads((data_dir / "markups-schema-v1.0.3.json").read_text())
+    schema = json.loads((data_dir / "markups-schema-v1.0.3.json").read_text(encoding="utf-8"))
     document = result_to_markups(result)
     jsonschema.validate(document, schema)
     assert [m["name"] for m in document["markups"]] == [d.label for d in result.detections]
@@ -189,7 +192,7 @@ def test_csv_has_one_row_per_detection(result, tmp_path):
         assert tuple(int(row[f"min_{a}"]) for a in "ijk") == detection.voxel_bounds.min_ijk
         assert tuple(int(row[f"max_{a}"]) for a in "ijk") == detection.voxel_bounds.max_ijk_inclusive
     path = write_csv(result, tmp_path / "boxes.csv")
-    assert path.read_text() == result_to_csv(result)
+    assert path.read_text(encoding="utf-8") == result_to_csv(result)
 
 
 def test_csv_without_voxel_bounds():
@@ -204,3 +207,34 @@ def _csv_of(detection: Detection) -> str:
     image = {**info, "direction": list(np.eye(3).ravel()), "sha256": "0"}
     model = ModelInfo(name="m", version="1", weights_sha256="0", classes=CLASSES)
     return result_to_csv(DetectionResult(image=image, model=model, device="cpu", detections=[detection]))
+
+
+@pytest.fixture()
+def c_locale():
+    """The process locale switched to "C" (ASCII), as some hosts (3D Slicer, GDCM) leave it; restored afterwards."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        locale.setlocale(locale.LC_ALL, "C")
+        if codecs.lookup(locale.getpreferredencoding(False)).name == "utf-8":
+            pytest.skip("Python's UTF-8 mode is on: the locale does not change the default text encoding")
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def test_writers_keep_non_ascii_labels_in_a_c_locale(result, tmp_path, c_locale):
+    first = result.detections[0]
+    classes = [NON_ASCII_LABEL if name == first.label else name for name in result.model.classes]
+    detections = [first.model_copy(update={"label": NON_ASCII_LABEL}), *result.detections[1:]]
+    model = result.model.model_copy(update={"classes": classes})
+    labelled = result.model_copy(update={"model": model, "detections": detections})
+    json_path = write_result_json(labelled, tmp_path / "r.organdetr.json")
+    markups_path = write_markups(labelled, tmp_path / "r.mrk.json")
+    csv_path = write_csv(labelled, tmp_path / "r.csv")
+
+    assert read_result_json(json_path).detections[0].label == NON_ASCII_LABEL
+    assert json.loads(markups_path.read_text(encoding="utf-8"))["markups"][0]["name"] == NON_ASCII_LABEL
+    with csv_path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["organ"] for row in rows] == [d.label for d in detections]
+    assert NON_ASCII_LABEL.encode("utf-8") in csv_path.read_bytes()  # raw UTF-8, not an escape

@@ -194,7 +194,7 @@ def test_network_boxes_land_on_label_boxes(cases, case_name, orientation, grid):
 
 def test_ras_case_matches_published_boxes(cases, data_dir):
     """At the native grid the voxel bounds reproduce the data set's own boxes.json (computed by its authors)."""
-    published = json.loads((data_dir / "ts_example_ct_sm_3mm" / "boxes.json").read_text())
+    published = json.loads((data_dir / "ts_example_ct_sm_3mm" / "boxes.json").read_text(encoding="utf-8"))
     case = cases["RAS"]
     config = PreprocessConfig(spatial_size=case.image.GetSize())
     preprocessed = preprocess_image(case.image, config)
@@ -279,7 +279,7 @@ def test_lps_ras_helpers():
 def test_geometry_imports_neither_torch_nor_simpleitk():
     """Slicer's Python (remote mode: no torch) runs these same functions on its volume geometry."""
     code = "import sys, organdetr_backend.geometry; print(sorted({'torch', 'SimpleITK'} & set(sys.modules)))"
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True).stdout
     assert loaded.strip() == "[]"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import locale
 import shutil
 import zipfile
 from pathlib import Path
@@ -124,26 +125,31 @@ def _write_series(folder: Path, modality: str, series_uid: str, slices: int, z0:
     folder.mkdir(parents=True, exist_ok=True)
     sop_class = CT_IMAGE_STORAGE if modality == "CT" else MR_IMAGE_STORAGE
     rng = np.random.default_rng(0)
-    for index in range(slices):
-        plane = sitk.GetImageFromArray(rng.integers(-1000, 1000, size=(32, 32), dtype=np.int16))
-        plane.SetSpacing((1.0, 1.0))
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        tags = {
-            "0008|0016": sop_class,
-            "0008|0018": f"{series_uid}.{index + 1}",
-            "0008|0060": modality,
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
-            "0020|000e": series_uid,
-            "0020|0013": str(index + 1),
-            "0020|0032": f"0\\0\\{z0 + 2.5 * index}",
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0028|0030": "1\\1",
-        }
-        for tag, value in tags.items():
-            plane.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"{modality}{series_uid[-3:]}_{index:03d}.dcm"))
-        writer.Execute(plane)
+    # GDCM's DICOM writer sets the process locale to "C" and never restores it: later tests must not inherit that.
+    saved_locale = locale.setlocale(locale.LC_ALL)
+    try:
+        for index in range(slices):
+            plane = sitk.GetImageFromArray(rng.integers(-1000, 1000, size=(32, 32), dtype=np.int16))
+            plane.SetSpacing((1.0, 1.0))
+            writer = sitk.ImageFileWriter()
+            writer.KeepOriginalImageUIDOn()
+            tags = {
+                "0008|0016": sop_class,
+                "0008|0018": f"{series_uid}.{index + 1}",
+                "0008|0060": modality,
+                "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+                "0020|000e": series_uid,
+                "0020|0013": str(index + 1),
+                "0020|0032": f"0\\0\\{z0 + 2.5 * index}",
+                "0020|0037": "1\\0\\0\\0\\1\\0",
+                "0028|0030": "1\\1",
+            }
+            for tag, value in tags.items():
+                plane.SetMetaData(tag, value)
+            writer.SetFileName(str(folder / f"{modality}{series_uid[-3:]}_{index:03d}.dcm"))
+            writer.Execute(plane)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
 
 
 def test_two_series_picks_the_larger_ct_and_says_so(dicom_slab, tmp_path):
@@ -163,7 +169,7 @@ def test_two_series_picks_the_larger_ct_and_says_so(dicom_slab, tmp_path):
 def test_folder_without_dicom(tmp_path):
     folder = tmp_path / "empty_study"
     folder.mkdir()
-    (folder / "readme.txt").write_text("no images here")
+    (folder / "readme.txt").write_text("no images here", encoding="utf-8")
     expect_error(folder, "no DICOM series")
 
 
@@ -205,7 +211,7 @@ def test_nonexistent_path(tmp_path):
 
 def test_unknown_extension(tmp_path):
     path = tmp_path / "notes.txt"
-    path.write_text("hello")
+    path.write_text("hello", encoding="utf-8")
     expect_error(path, "unknown format")
 
 

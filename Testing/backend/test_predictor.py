@@ -34,7 +34,7 @@ def test_predict_returns_a_valid_result(tiny_predictor: Predictor, tiny_checkpoi
     result = prediction.result
 
     document = json.loads(result.model_dump_json())
-    jsonschema.validate(document, json.loads(SCHEMA_FILE.read_text()))
+    jsonschema.validate(document, json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
     assert DetectionResult.model_validate(document) == result
     assert prediction.segmentation is None
     assert [stage for stage, _ in stages] == ["preprocessing", "network", "decoding", "done"]

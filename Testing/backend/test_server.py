@@ -49,7 +49,9 @@ def start_server(token_file: Path, checkpoint: Path, *extra: str) -> RunningServ
     """``organdetr serve --port 0`` in its own process; waits for the ready line."""
     command = [sys.executable, "-m", "organdetr_backend.cli", "serve", "--port", "0", "--token-file", str(token_file)]
     command += ["--model", str(checkpoint), "--device", "cpu", *extra]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace"
+    )
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         readable, _, _ = select.select([process.stdout], [], [], 1.0)
@@ -76,7 +78,7 @@ def stop_server(server: RunningServer) -> int:
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("token") / "token"
-    path.write_text(TOKEN + "\n")
+    path.write_text(TOKEN + "\n", encoding="utf-8")
     path.chmod(0o600)
     return path
 
@@ -157,7 +159,7 @@ def test_models_lists_the_loaded_model(client: httpx.Client) -> None:
 def test_detect_returns_a_valid_result(client: httpx.Client, small_abdomen_ct) -> None:
     response = client.post("/v1/detect", **upload(small_abdomen_ct, top_k=2))
     assert response.status_code == 200, response.text
-    jsonschema.validate(response.json(), json.loads(SCHEMA_FILE.read_text()))
+    jsonschema.validate(response.json(), json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
     result = DetectionResult.model_validate_json(response.text)
     assert result.image.source == "ct.nii.gz" and len(result.detections) == 7
     assert all(len(d.candidates) == 1 for d in result.detections)
@@ -214,7 +216,7 @@ def bad_uploads(tmp_path_factory, small_abdomen_ct) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("bad_uploads")
     compressed = small_abdomen_ct.read_bytes()
     (folder / "truncated.nii.gz").write_bytes(compressed[: len(compressed) // 2])
-    (folder / "notes.txt").write_text("not an image")
+    (folder / "notes.txt").write_text("not an image", encoding="utf-8")
     (folder / "text.nii.gz").write_bytes(b"not an image at all " * 50)
     nan_volume = np.zeros((8, 8, 8), dtype=np.float32)
     nan_volume[3, 4, 5] = np.nan
@@ -394,14 +396,14 @@ def test_sigterm_cancels_jobs_and_exits_cleanly(token_file, tiny_checkpoint, hea
 def test_token_sources(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     token_path = tmp_path / "token"
-    token_path.write_text("  from-file \nsecond line\n")
+    token_path.write_text("  from-file \nsecond line\n", encoding="utf-8")
     assert resolve_token("from-argument", token_path) == ("from-argument", "argument")
     assert resolve_token(None, token_path) == ("from-file", "file")
     generated, source = resolve_token(None, None)
     assert source == "generated" and len(generated) >= 32 and generated != resolve_token(None, None)[0]
     monkeypatch.setenv(TOKEN_ENV, "from-environment")
     assert resolve_token(None, None) == ("from-environment", "environment")
-    token_path.write_text("\n")
+    token_path.write_text("\n", encoding="utf-8")
     with pytest.raises(UserInputError):
         resolve_token(None, token_path)
     with pytest.raises(UserInputError):

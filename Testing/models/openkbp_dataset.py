@@ -39,5 +39,5 @@ def write_dataset_json(folder: Path, data_dir: Path, **overrides: Any) -> Path:
     }
     content.update(overrides)
     path = folder / "dataset.json"
-    path.write_text(json.dumps(content, indent=1))
+    path.write_text(json.dumps(content, indent=1), encoding="utf-8")
     return path

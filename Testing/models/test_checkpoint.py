@@ -69,9 +69,9 @@ def test_missing_files(saved, tmp_path) -> None:
 
 
 def edit_config(directory: Path, edit) -> None:
-    data = json.loads((directory / CONFIG_FILE).read_text())
+    data = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
     edit(data)
-    (directory / CONFIG_FILE).write_text(json.dumps(data))
+    (directory / CONFIG_FILE).write_text(json.dumps(data), encoding="utf-8")
 
 
 def test_weights_that_do_not_fit_the_config(saved) -> None:
@@ -87,7 +87,7 @@ def test_bad_config(saved) -> None:
     edit_config(directory, lambda data: data["model"].update(colour="blue"))
     with pytest.raises(UserInputError, match="unknown ModelConfig keys"):
         load_checkpoint(directory)
-    (directory / CONFIG_FILE).write_text("{not json")
+    (directory / CONFIG_FILE).write_text("{not json", encoding="utf-8")
     with pytest.raises(UserInputError, match="invalid"):
         load_checkpoint(directory)
 

@@ -74,7 +74,7 @@ def test_bad_dataset_json_gives_clear_errors(tmp_path, data_dir, change, message
 
 def test_malformed_and_missing_json(tmp_path) -> None:
     broken = tmp_path / "dataset.json"
-    broken.write_text('{"labels": {"0": "background",')
+    broken.write_text('{"labels": {"0": "background",', encoding="utf-8")
     with pytest.raises(UserInputError, match="is not valid JSON"):
         load_dataset_json(broken)
     with pytest.raises(UserInputError, match="dataset file not found"):

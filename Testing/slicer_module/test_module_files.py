@@ -19,14 +19,14 @@ def _module_files() -> list[str]:
 
 
 def test_cmake_lists_every_script_and_resource():
-    cmake = (MODULE_DIR / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", MODULE_NAME)
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", MODULE_NAME)
     listed = set(re.findall(r"^\s+(\S+\.(?:py|png|ui))\s*$", cmake, flags=re.MULTILINE))
     assert listed == set(_module_files())
     assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest" in cmake
 
 
 def test_extension_cmake_metadata():
-    cmake = (MODULE_DIR.parent / "CMakeLists.txt").read_text()
+    cmake = (MODULE_DIR.parent / "CMakeLists.txt").read_text(encoding="utf-8")
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', cmake), key
     assert "add_subdirectory(OrganDETRSlicer)" in cmake
@@ -35,15 +35,20 @@ def test_extension_cmake_metadata():
 def test_ui_has_every_widget_the_code_uses():
     tree = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / f"{MODULE_NAME}.ui")
     names = {widget.get("name") for widget in tree.iter("widget")}
-    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE_DIR / f"{MODULE_NAME}.py").read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE_DIR / f"{MODULE_NAME}.py").read_text(encoding="utf-8")))
     used |= set(
-        re.findall(r'"(\w+(?:Edit|Button|Label|CheckBox|Radio))"', (MODULE_DIR / f"{MODULE_NAME}.py").read_text())
+        re.findall(
+            r'"(\w+(?:Edit|Button|Label|CheckBox|Radio))"',
+            (MODULE_DIR / f"{MODULE_NAME}.py").read_text(encoding="utf-8"),
+        )
     )
     assert used and not used - names, f"missing in the .ui: {sorted(used - names)}"
     parameters = {
         prop.find("string").text for prop in tree.iter("property") if prop.get("name") == "SlicerParameterName"
     }
-    declared = set(re.findall(r"^    (\w+): ", (MODULE_DIR / f"{MODULE_NAME}.py").read_text(), flags=re.MULTILINE))
+    declared = set(
+        re.findall(r"^    (\w+): ", (MODULE_DIR / f"{MODULE_NAME}.py").read_text(encoding="utf-8"), flags=re.MULTILINE)
+    )
     assert parameters and parameters <= declared
 
 
@@ -55,5 +60,5 @@ def test_module_files_compile(tmp_path):
 
 def test_library_imports_nothing_from_the_gui():
     for path in (MODULE_DIR / f"{MODULE_NAME}Lib").glob("*.py"):
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         assert not re.search(r"^\s*(import|from)\s+(qt|ctk|slicer\.app|slicer\.util)\b", text, flags=re.MULTILINE), path

@@ -67,7 +67,9 @@ def test_exports_and_reimport(detected, tmp_path):
         export_boxes(mrml.scene, volume, written)
     assert written.read_bytes() == before
 
-    rows = list(csv.DictReader((export_boxes(mrml.scene, volume, tmp_path / "boxes.csv")).open()))
+    rows = list(
+        csv.DictReader((export_boxes(mrml.scene, volume, tmp_path / "boxes.csv")).open(encoding="utf-8", newline=""))
+    )
     assert [row["organ"] for row in rows] == [d.label for d in exported.detections]
     assert rows[0]["source"] == "edited"
 
@@ -82,8 +84,8 @@ def test_exports_and_reimport(detected, tmp_path):
 
 def _export_and_reload_markups(mrml, volume, tmp_path, data_dir):
     path = export_boxes(mrml.scene, volume, tmp_path / "boxes.mrk.json")
-    document = json.loads(path.read_text())
-    jsonschema.validate(document, json.loads((data_dir / "markups-schema-v1.0.3.json").read_text()))
+    document = json.loads(path.read_text(encoding="utf-8"))
+    jsonschema.validate(document, json.loads((data_dir / "markups-schema-v1.0.3.json").read_text(encoding="utf-8")))
     storage = slicer.vtkMRMLMarkupsROIJsonStorageNode()
     mrml.scene.AddNode(storage)
     return [storage.AddNewMarkupsNodeFromFile(str(path), "", index) for index in range(len(document["markups"]))]
@@ -127,12 +129,12 @@ def _wrong_geometry(result, tmp_path):
 def _wrong_schema(result, tmp_path):
     document = json.loads(result.model_dump_json())
     document["schema_version"] = "9.0"
-    (tmp_path / "future.json").write_text(json.dumps(document))
+    (tmp_path / "future.json").write_text(json.dumps(document), encoding="utf-8")
     return tmp_path / "future.json"
 
 
 def _malformed(result, tmp_path):
-    (tmp_path / "broken.json").write_text(result.model_dump_json()[:-40])
+    (tmp_path / "broken.json").write_text(result.model_dump_json()[:-40], encoding="utf-8")
     return tmp_path / "broken.json"
 
 

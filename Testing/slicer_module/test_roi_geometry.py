@@ -112,7 +112,7 @@ def test_rois_land_on_label_boxes(mrml, head_neck_case, tmp_path, variant):
 def test_ras_volume_matches_reference_boxes(mrml, small_abdomen_ct, data_dir):
     """The RAS abdomen CT with its published per-organ boxes (voxel-centre extremes in world RAS)."""
     volume = mrml.load_volume(small_abdomen_ct)
-    reference = json.loads((data_dir / "ts_example_ct_sm_3mm" / "boxes.json").read_text())
+    reference = json.loads((data_dir / "ts_example_ct_sm_3mm" / "boxes.json").read_text(encoding="utf-8"))
     organs = ["spleen", "kidney_right", "liver", "stomach"]
     result = label_derived_result(
         small_abdomen_ct, data_dir / "ts_example_ct_sm_3mm" / "label.nii.gz", _class_list(reference, organs)

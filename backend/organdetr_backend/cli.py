@@ -8,6 +8,7 @@ Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 internal err
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib
 import os
 import sys
@@ -38,7 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def use_utf8_stdio() -> None:
+    """Write stdout and stderr as UTF-8 whatever the process locale (hosts may run with an ASCII "C" locale):
+    results printed as JSON or CSV, and messages, can hold non-ASCII organ names and paths."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        if encoding and codecs.lookup(encoding).name != "utf-8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
+    use_utf8_stdio()
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or EXIT_OK)

@@ -64,7 +64,7 @@ class DeviceInfo:
 def _cpu_name() -> str:
     """The processor model where the OS tells it (Linux: /proc/cpuinfo), else the architecture."""
     try:
-        for line in Path(_CPUINFO).read_text().splitlines():
+        for line in Path(_CPUINFO).read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:

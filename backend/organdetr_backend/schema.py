@@ -117,7 +117,7 @@ def json_schema() -> dict:
 
 def write_schema_file(path: Path = SCHEMA_FILE) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_schema(), indent=2) + "\n")
+    path.write_text(json.dumps(json_schema(), indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

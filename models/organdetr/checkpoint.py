@@ -71,7 +71,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: DetectorCon
         "class_names": json.dumps(list(config.class_names)),
     }
     _atomic_write(weights_path, lambda temp: save_file(state, str(temp), metadata=metadata))
-    _atomic_write(config_path, lambda temp: temp.write_text(config.to_json()))
+    _atomic_write(config_path, lambda temp: temp.write_text(config.to_json(), encoding="utf-8"))
     return directory
 
 

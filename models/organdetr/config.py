@@ -178,7 +178,7 @@ class DetectorConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> DetectorConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:

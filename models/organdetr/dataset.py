@@ -75,7 +75,7 @@ class DatasetDescription:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserInputError(f"dataset file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as error:
