@@ -79,6 +79,13 @@ def test_existing_folder_as_output_gets_a_named_file(detect, small_abdomen_ct, t
     assert DetectionResult.model_validate_json((tmp_path / "ct.organdetr.json").read_text(encoding="utf-8")).detections
 
 
+def test_missing_output_folders_are_created(detect, small_abdomen_ct, tmp_path) -> None:
+    result, overlay = tmp_path / "new" / "r.json", tmp_path / "other" / "deeper" / "r.png"
+    assert detect(small_abdomen_ct, "-o", result, "--overlay", overlay) == 0
+    assert DetectionResult.model_validate_json(result.read_text(encoding="utf-8")).detections
+    assert overlay.stat().st_size > 0
+
+
 def test_overlay_png_and_segmentation_preview(detect, head_neck_case, tmp_path) -> None:
     ct_path, _ = head_neck_case
     overlay, preview = tmp_path / "quicklook.png", tmp_path / "seg.nii.gz"

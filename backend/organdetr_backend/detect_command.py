@@ -83,7 +83,8 @@ def unique_stems(paths: list[Path]) -> list[str]:
 
 
 def _output_path(option: Path | None, stem: str, suffix: str, batch: bool) -> Path | None:
-    """A file for one input (or inside an existing folder), a folder (created) holding ``stem + suffix`` for many."""
+    """A file for one input (or inside an existing folder; missing parent folders are created), a folder (created)
+    holding ``stem + suffix`` for many."""
     if option is None:
         return None
     if batch:
@@ -92,7 +93,10 @@ def _output_path(option: Path | None, stem: str, suffix: str, batch: bool) -> Pa
             raise UserInputError(f"{option}: must be a folder when there are several inputs")
         option.mkdir(parents=True, exist_ok=True)
         return option / f"{stem}{suffix}"
-    return option / f"{stem}{suffix}" if option.is_dir() else option
+    if option.is_dir():
+        return option / f"{stem}{suffix}"
+    option.parent.mkdir(parents=True, exist_ok=True)
+    return option
 
 
 def _require_suffix(option: str, path: Path, suffixes: tuple[str, ...]) -> None:
