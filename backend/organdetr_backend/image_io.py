@@ -30,7 +30,6 @@ from .schema import ImageInfo
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 ZIP_SUFFIX = ".zip"
 MODALITY_TAG = "0008|0060"
-SERIES_UID_TAG = "0020|000e"
 CT_MODALITY = "CT"
 GZIP_SUFFIX = ".gz"
 _CHUNK_BYTES = 1 << 20

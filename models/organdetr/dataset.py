@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +163,6 @@ class PreprocessedCase:
     annotated: torch.Tensor  # [K] bool
     index_to_network: np.ndarray  # 4x4, see PreprocessedVolume
     network_spacing_mm: np.ndarray  # [3] physical size of one network voxel along each network axis
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def volume(self) -> PreprocessedVolume:
         """The network input in the form the shared inference path takes."""
