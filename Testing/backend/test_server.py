@@ -25,6 +25,7 @@ import pytest
 import SimpleITK as sitk
 import uvicorn
 from organdetr.errors import UserInputError
+from organdetr_backend.cli import main as cli_main
 from organdetr_backend.image_io import read_image
 from organdetr_backend.jobs import JobQueue, QueueSettings
 from organdetr_backend.predictor import Predictor
@@ -456,3 +457,9 @@ def test_time_outs_for_stalled_uploads_and_slow_results(tiny_checkpoint, small_a
             answer = stalled.recv(65536).decode()
         assert answer.startswith("HTTP/1.1 408")
         assert http.get("/v1/health").status_code == 200
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_out_of_range_port_is_a_one_line_usage_error(tiny_checkpoint, port, capsys) -> None:
+    assert cli_main(["serve", "--port", port, "--token", TOKEN, "--model", str(tiny_checkpoint)]) == 2
+    assert capsys.readouterr().err.strip() == "organdetr serve: error: --port must be between 0 and 65535"

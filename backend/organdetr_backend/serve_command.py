@@ -62,6 +62,9 @@ def resolve_token(token: str | None, token_file: Path | None) -> tuple[str, str]
     return secrets.token_urlsafe(32), "generated"
 
 
+MAX_PORT = 65535
+
+
 def _bind(host: str, port: int) -> socket.socket:
     """A listening-ready socket on ``host:port`` (port 0: the OS picks a free port)."""
     try:
@@ -93,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0 or args.queue_limit < 1:
         raise UserInputError("--max-upload-mb must be positive and --queue-limit at least 1")
+    if not 0 <= args.port <= MAX_PORT:  # getaddrinfo would silently wrap a larger number modulo 65536
+        raise UserInputError(f"--port must be between 0 and {MAX_PORT}")
     token, token_source = resolve_token(args.token, args.token_file)
     settings = ServerSettings(
         token=token,
