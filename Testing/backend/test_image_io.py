@@ -301,14 +301,18 @@ def test_absurd_spacing(tmp_path):
     expect_error(_metaimage(tmp_path / "absurd.mha", "1e9 1 1"), "implausible")
 
 
-def test_zero_spacing_nrrd(tmp_path):
-    path = tmp_path / "zero.nrrd"
+def _nrrd(path: Path, directions: str, sizes: str = "4 4 4", data: bytes = bytes(128)) -> Path:
+    """A NRRD written by hand (LPS space), so that the header can say what ITK's writers refuse to write."""
     header = (
-        "NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nspace: left-posterior-superior\n"
-        "space directions: (0,0,0) (0,1,0) (0,0,1)\nencoding: raw\nendian: little\n\n"
+        f"NRRD0004\ntype: short\ndimension: 3\nsizes: {sizes}\nspace: left-posterior-superior\n"
+        f"space directions: {directions}\nencoding: raw\nendian: little\n\n"
     )
-    path.write_bytes(header.encode() + bytes(128))
-    expect_error(path, "spacing")
+    path.write_bytes(header.encode() + data)
+    return path
+
+
+def test_zero_spacing_nrrd(tmp_path):
+    expect_error(_nrrd(tmp_path / "zero.nrrd", "(0,0,0) (0,1,0) (0,0,1)"), "spacing")
 
 
 @pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
@@ -318,22 +322,13 @@ def test_gigantic_header_is_refused_before_reading_pixels(tmp_path, suffix):
     if suffix == ".mha":
         _metaimage(path, "1 1 1", size="100000 100000 100000", data=b"")
     else:
-        path.write_bytes(
-            b"NRRD0004\ntype: short\ndimension: 3\nsizes: 100000 100000 100000\nspace: left-posterior-superior\n"
-            b"space directions: (1,0,0) (0,1,0) (0,0,1)\nencoding: raw\nendian: little\n\n"
-        )
+        _nrrd(path, "(1,0,0) (0,1,0) (0,0,1)", sizes="100000 100000 100000", data=b"")
     message = expect_error(path, "header claims")
     assert "1,000,000,000,000,000 voxels" in message
 
 
 def test_non_orthonormal_direction(tmp_path):
-    path = tmp_path / "sheared.nrrd"
-    header = (
-        "NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nspace: left-posterior-superior\n"
-        "space directions: (1,0,0) (0.5,1,0) (0,0,1)\nencoding: raw\nendian: little\n\n"
-    )
-    path.write_bytes(header.encode() + bytes(128))
-    expect_error(path, "orthonormal")
+    expect_error(_nrrd(tmp_path / "sheared.nrrd", "(1,0,0) (0.5,1,0) (0,0,1)"), "orthonormal")
 
 
 def test_gzip_of_garbage_nifti(tmp_path):
