@@ -10,9 +10,9 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from organdetr.atomic_file import atomic_write_text as write_atomically
 from organdetr.errors import UserInputError
 from pydantic import ValidationError
 
@@ -56,17 +56,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = Fals
         raise UserInputError(f"{path.name}: already exists; choose another name or allow overwriting")
     if not path.parent.is_dir():
         raise UserInputError(f"{path.name}: folder {path.parent} does not exist")
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, text)
 
 
 def write_result_json(result: DetectionResult, path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from organdetr.atomic_file import atomic_path
 from organdetr.errors import UserInputError
 
 
@@ -38,11 +38,5 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     """
     path = Path(path)
     check_writable(path, overwrite)
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=full_suffix(path), dir=path.parent)
-    os.close(descriptor)
-    temp = Path(temp_name)
-    try:
+    with atomic_path(path, suffix=full_suffix(path)) as temp:
         yield temp
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)

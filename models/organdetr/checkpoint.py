@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from safetensors.torch import load, save_file
 from torch import nn
 
 from . import __version__
+from .atomic_file import atomic_path, atomic_write_text
 from .config import DetectorConfig
 from .errors import UserInputError
 from .organ_detr import build_model
@@ -41,18 +39,6 @@ class LoadedDetector:
     directory: Path
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through ``write(temp_path)`` to a temporary file in the same folder, then rename it into place."""
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    temp = Path(temp_name)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def save_checkpoint(directory: str | Path, model: nn.Module, config: DetectorConfig, overwrite: bool = False) -> Path:
     """Write ``model.safetensors`` and ``config.json`` to ``directory`` (created if needed); returns the folder.
 
@@ -70,8 +56,9 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: DetectorCon
         "producer": f"organdetr {__version__}",
         "class_names": json.dumps(list(config.class_names)),
     }
-    _atomic_write(weights_path, lambda temp: save_file(state, str(temp), metadata=metadata))
-    _atomic_write(config_path, lambda temp: temp.write_text(config.to_json(), encoding="utf-8"))
+    with atomic_path(weights_path) as temp:
+        save_file(state, str(temp), metadata=metadata)
+    atomic_write_text(config_path, config.to_json())
     return directory
 
 

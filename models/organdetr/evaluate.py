@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .atomic_file import atomic_write_text
 from .errors import UserInputError
 
 QUICKLOOK_COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:cyan", "tab:olive")
@@ -147,13 +146,7 @@ def format_table(metrics) -> str:
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON through a temporary file in the same folder and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-        os.replace(temp, path)
-    finally:
-        Path(temp).unlink(missing_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .atomic_file import atomic_path, atomic_write_text
 from .errors import UserInputError
 
 TRAINING_STATE_FILE = "training_state.pt"
@@ -242,12 +243,6 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return FINAL_LR_FRACTION + (1.0 - FINAL_LR_FRACTION) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 class Trainer:
@@ -589,7 +584,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------ logs
     def _write_logs(self, row: dict[str, Any]) -> None:
-        _atomic_text(self.output / HISTORY_FILE, json.dumps(self.history, indent=1))
+        atomic_write_text(self.output / HISTORY_FILE, json.dumps(self.history, indent=1))
         columns: list[str] = []
         for entry in self.history:
             columns.extend(k for k in entry if k not in columns)
@@ -597,7 +592,7 @@ class Trainer:
         writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(self.history)
-        _atomic_text(self.output / CSV_FILE, buffer.getvalue())
+        atomic_write_text(self.output / CSV_FILE, buffer.getvalue())
         if self.tensorboard is not None:
             for key, value in row.items():
                 if isinstance(value, float):
@@ -630,10 +625,9 @@ class Trainer:
             ax.grid(alpha=0.3)
             ax.legend()
         figure.tight_layout()
-        temporary = self.output / f".{PLOT_FILE}.tmp.png"
-        figure.savefig(temporary, dpi=90)
+        with atomic_path(self.output / PLOT_FILE, suffix=".png") as temporary:
+            figure.savefig(temporary, dpi=90)
         plt.close(figure)
-        os.replace(temporary, self.output / PLOT_FILE)
 
 
 def _tqdm_kwargs() -> dict[str, Any]:
