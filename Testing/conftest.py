@@ -1,10 +1,18 @@
-"""Shared test fixtures: paths of the project's own small real CT data (no dependency on ../shared)."""
+"""Shared test fixtures: paths of the project's own small real CT data (no dependency on ../shared).
+
+Tests run with the same fast-on-a-shared-machine thread defaults as the ``organdetr`` commands (passive OpenMP
+waiting, set before any test module imports torch, and one thread per free core); subprocesses inherit the policy.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from organdetr_backend.threads import configure_threads, use_passive_waiting
+
+use_passive_waiting()
+configure_threads(None)
 
 DATA_DIR = Path(__file__).resolve().parent / "Data"
 

@@ -3,12 +3,15 @@
 Each sub-command module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and keeps heavy imports
 (torch, the network) inside ``run`` so that ``organdetr --help`` stays fast.
 Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 internal error.
+Every command gets ``--threads``, defaulting to a count that is fast on a shared machine
+(:mod:`organdetr_backend.threads`); a command that defines its own ``--threads`` (train) gets the same default.
 """
 
 from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import importlib
 import os
 import sys
@@ -16,6 +19,7 @@ import sys
 from organdetr.errors import UserInputError
 
 from . import __version__
+from .threads import THREADS_HELP, configure_threads, use_passive_waiting
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -24,7 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("organdetr_backend.serve_command", "run the HTTP inference service"),
     "train": ("organdetr.train", "train a detector on an MSD-style dataset.json"),
     "evaluate": ("organdetr.evaluate", "evaluate a detector with COCO-style 3D metrics"),
+    "models": ("organdetr_backend.models_command", "list the installed models and the names --model accepts"),
 }
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(sub)
+        # A command with its own --threads (train) keeps it; main() gives it the same default.
+        with contextlib.suppress(argparse.ArgumentError):
+            sub.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
         sub.set_defaults(run=module.run)
     return parser
 
@@ -49,9 +58,15 @@ def use_utf8_stdio() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_passive_waiting()  # before build_parser: command modules may import torch, which initialises OpenMP
     use_utf8_stdio()
     args = build_parser().parse_args(argv)
     try:
+        args.threads = configure_threads(args.threads)
+        if getattr(args, "model", None) is not None:  # installed model names -> folders, for every command
+            from .model_catalog import resolve_model  # imports torch: only after use_passive_waiting()
+
+            args.model = resolve_model(args.model)
         return int(args.run(args) or EXIT_OK)
     except UserInputError as error:
         print(f"organdetr {args.command}: error: {error}", file=sys.stderr)
