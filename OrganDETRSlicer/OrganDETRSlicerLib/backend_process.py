@@ -1,8 +1,10 @@
 """The embedded backend: ``organdetr serve`` as a child process of Slicer, on a free local port.
 
-The child runs in its own session (process group) with a random token passed through a 0600 file, announces itself
-with the ``ORGANDETR_READY {json}`` line (API.md), and is stopped with SIGTERM and then, if needed, killed together
-with every process it started: no orphans survive Slicer.
+The child gets a random token through a private file, announces itself with the ready line (organdetr_client.api),
+and is stopped gracefully and then, if needed, killed together with every process it started: no orphans survive
+Slicer. On POSIX it runs in its own session (process group); on Windows in its own process group with no console
+window. ``start`` waits for the ready line and ``stop`` for the exit: call them off the GUI thread (the module's
+logic does). ``stop`` may be called from another thread while ``start`` waits; ``start`` then fails at once.
 """
 
 from __future__ import annotations
@@ -12,31 +14,34 @@ import json
 import os
 import queue
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from .backend_client import BackendClient, BackendError
+from organdetr_client import api
+from organdetr_client.http_client import BackendClient, BackendError
 
-READY_PREFIX = "ORGANDETR_READY "
 DEFAULT_START_TIMEOUT_S = 120.0  # first start imports torch and loads the model
 DEFAULT_STOP_TIMEOUT_S = 10.0
+READY_WAIT_SLICE_S = 0.5  # how often the start wait looks at its deadline
 _STDERR_TAIL_CHARS = 2000
+_ON_WINDOWS = os.name == "nt"
 
 
-@dataclass
+@dataclass(frozen=True)
 class BackendSettings:
     """How to start the embedded backend."""
 
     python: str = sys.executable
     model: str | None = None  # shipped default when None, else a name or a local checkpoint folder
     device: str = "auto"  # auto | cpu | cuda
-    extra_env: dict[str, str] = field(default_factory=dict)
+    # The child's environment; None: this process's. A Python that is not Slicer's must get Slicer's startup
+    # environment (slicer.util.startupEnvironment()), without Slicer's PYTHONHOME and PYTHONPATH.
+    environment: tuple[tuple[str, str], ...] | None = None
 
     def command(self, token_file: Path) -> list[str]:
         command = [self.python, "-m", "organdetr_backend.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
@@ -45,13 +50,32 @@ class BackendSettings:
             command += ["--model", self.model]
         return command
 
+    def child_environment(self) -> dict[str, str]:
+        base = dict(self.environment) if self.environment is not None else dict(os.environ)
+        return {**base, "PYTHONUNBUFFERED": "1"}
+
 
 def _write_token_file(token: str) -> Path:
+    """A file readable by this user only: mkstemp creates it with mode 0600 on POSIX, and in the user's own
+    temporary folder on Windows (os.fchmod does not exist there before Python 3.13)."""
     descriptor, name = tempfile.mkstemp(prefix="organdetr-token-", suffix=".txt")
-    os.fchmod(descriptor, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         handle.write(token + "\n")
     return Path(name)
+
+
+def _platform_process_options() -> dict:
+    """Popen options that give the child its own process group (signalled as a whole) and, on Windows, no
+    console window (what slicer.util.launchConsoleProcess does)."""
+    if not _ON_WINDOWS:
+        return {"start_new_session": True}
+    startup = subprocess.STARTUPINFO()
+    startup.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+    startup.wShowWindow = 0  # SW_HIDE
+    return {
+        "startupinfo": startup,
+        "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW,
+    }
 
 
 class EmbeddedBackend:
@@ -65,14 +89,17 @@ class EmbeddedBackend:
         self._token_file: Path | None = None
         self._stderr_file = None
         self._lines: queue.Queue[str | None] = queue.Queue()
+        self._lock = threading.RLock()  # start's launch and stop never interleave
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        process = self.process
+        return process is not None and process.poll() is None
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+        process = self.process
+        return process.pid if process else None
 
     def client(self) -> BackendClient:
         if not self.running or self.url is None:
@@ -81,30 +108,10 @@ class EmbeddedBackend:
 
     def start(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> BackendClient:
         """Launch the child and wait for its ready line; raises BackendError with its stderr on failure."""
-        if self.running:
-            return self.client()
-        self.token = secrets.token_urlsafe(32)
-        self._token_file = _write_token_file(self.token)
-        # Closed in _cleanup_files when the child stops: it must outlive this method.
-        self._stderr_file = tempfile.TemporaryFile(  # noqa: SIM115
-            mode="w+", encoding="utf-8", errors="replace", prefix="organdetr-serve-stderr-"
-        )
-        environment = {**os.environ, **self.settings.extra_env, "PYTHONUNBUFFERED": "1"}
-        try:
-            self.process = subprocess.Popen(
-                self.settings.command(self._token_file),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=self._stderr_file,
-                encoding="utf-8",
-                errors="replace",  # only a ready line and log text, shown to people
-                env=environment,
-                start_new_session=True,  # own process group: the whole tree can be signalled at once
-            )
-        except OSError as error:
-            self._cleanup_files()
-            raise BackendError(f"Cannot start the backend with {self.settings.python} ({error}).") from None
-        threading.Thread(target=self._pump_stdout, daemon=True).start()
+        with self._lock:
+            if self.running and self.url is not None:
+                return self.client()
+            self._launch()
         try:
             ready = self._wait_ready(timeout_s)
         except BackendError:
@@ -113,33 +120,61 @@ class EmbeddedBackend:
         self.url = ready["url"]
         return self.client()
 
-    def _pump_stdout(self) -> None:
+    def _launch(self) -> None:
+        self.token = secrets.token_urlsafe(32)
+        self._token_file = _write_token_file(self.token)
+        # Closed in _cleanup_files when the child stops: it must outlive this method.
+        self._stderr_file = tempfile.TemporaryFile(  # noqa: SIM115
+            mode="w+", encoding="utf-8", errors="replace", prefix="organdetr-serve-stderr-"
+        )
+        self._lines = queue.Queue()
+        try:
+            self.process = subprocess.Popen(
+                self.settings.command(self._token_file),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr_file,
+                encoding="utf-8",
+                errors="replace",  # only a ready line and log text, shown to people
+                env=self.settings.child_environment(),
+                **_platform_process_options(),
+            )
+        except OSError as error:
+            self._cleanup_files()
+            raise BackendError(f"Cannot start the backend with {self.settings.python} ({error}).") from None
+        threading.Thread(target=self._pump_stdout, args=(self.process, self._lines), daemon=True).start()
+
+    @staticmethod
+    def _pump_stdout(process: subprocess.Popen, lines: queue.Queue) -> None:
         """Read the child's stdout on a thread so a chatty child never blocks on a full pipe."""
-        assert self.process is not None and self.process.stdout is not None
-        for line in self.process.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
+        assert process.stdout is not None
+        with contextlib.suppress(ValueError, OSError):  # the pipe is closed by stop()
+            for line in process.stdout:
+                lines.put(line)
+        lines.put(None)
 
     def _wait_ready(self, timeout_s: float) -> dict:
+        prefix = api.READY_LINE_PREFIX + " "
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BackendError(f"The backend did not start within {timeout_s:.0f} s. {self._stderr_tail()}")
             try:
-                line = self._lines.get(timeout=min(remaining, 0.5))
+                line = self._lines.get(timeout=min(remaining, READY_WAIT_SLICE_S))
             except queue.Empty:
                 continue
             if line is None:
                 raise BackendError(f"The backend exited while starting. {self._stderr_tail()}")
-            if line.startswith(READY_PREFIX):
-                return json.loads(line[len(READY_PREFIX) :])
+            if line.startswith(prefix):
+                return json.loads(line[len(prefix) :])
 
     def _stderr_tail(self) -> str:
-        if self._stderr_file is None:
-            return ""
-        self._stderr_file.seek(0)
-        text = self._stderr_file.read()[-_STDERR_TAIL_CHARS:].strip()
+        with self._lock:
+            if self._stderr_file is None:
+                return ""
+            self._stderr_file.seek(0)
+            text = self._stderr_file.read()[-_STDERR_TAIL_CHARS:].strip()
         return f"Its last messages: {text}" if text else ""
 
     def descendant_pids(self) -> list[int]:
@@ -164,22 +199,24 @@ class EmbeddedBackend:
             return []
 
     def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
-        """Graceful SIGTERM, then kill what is left of the whole tree after ``timeout_s``."""
-        process = self.process
-        if process is None:
-            return
-        tree = self._tree()
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=timeout_s)
-        _kill_tree(process, tree)
-        process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
-        self.process, self.url = None, None
-        self._cleanup_files()
+        """Ask the child to stop (SIGTERM; TerminateProcess on Windows), then kill what is left of the whole tree
+        after ``timeout_s``."""
+        with self._lock:
+            process = self.process
+            if process is None:
+                return
+            tree = self._tree()
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=timeout_s)
+            _kill_tree(process, tree)
+            process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+            self.process, self.url = None, None
+            self._cleanup_files()
 
     def _cleanup_files(self) -> None:
         if self._token_file is not None:
@@ -198,8 +235,15 @@ class EmbeddedBackend:
 
 
 def _kill_tree(process: subprocess.Popen, tree) -> None:
-    """SIGKILL what is left: the recorded psutil tree, or without psutil the child's process group."""
+    """Kill what is left: the recorded psutil tree, or without psutil the child's process group (POSIX) or the
+    child alone (Windows)."""
     if tree is None:
+        if _ON_WINDOWS:
+            with contextlib.suppress(OSError):
+                process.kill()
+            return
+        import signal
+
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)  # start_new_session made the child its group's leader
         return

@@ -1,18 +1,14 @@
-"""Detection over several volumes of the scene in one go, with progress and cancel, one volume's error not
-stopping the others."""
+"""Detection over several volumes of the scene, one after the other, with the single-volume task's non-blocking
+steps, progress and cancel; one volume's error does not stop the others."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from organdetr.errors import UserInputError
 
-from .backend_client import BackendClient, BackendError, JobStatus
-from .detection_run import DetectionOptions, DetectionRun
-
-# on_progress(volume index, number of volumes, volume name, fraction of this volume done, stage)
-BatchProgress = Callable[[int, int, str, float, str], None]
+from .detection_run import CANCELLED, DONE, FAILED, Connector, DetectionOptions, DetectionTask, Progress
 
 
 def scalar_volumes(scene) -> list:
@@ -31,32 +27,73 @@ class BatchReport:
     errors: dict[str, str] = field(default_factory=dict)  # volume name -> plain-words error
     cancelled: bool = False
 
+    def lines(self) -> list[str]:
+        """One line per volume, for a message box."""
+        return [f"{name}: {count} organs" for name, count in self.boxes.items()] + [
+            f"{name}: {error}" for name, error in self.errors.items()
+        ]
 
-def run_batch(
-    scene,
-    client: BackendClient,
-    volumes: list | None = None,
-    options: DetectionOptions | None = None,
-    on_progress: BatchProgress | None = None,
-    should_cancel: Callable[[], bool] = lambda: False,
-) -> BatchReport:
-    """Detect organs in each volume (all scalar volumes by default) one after the other."""
-    volumes = scalar_volumes(scene) if volumes is None else volumes
-    report = BatchReport()
-    for index, volume in enumerate(volumes):
-        name = volume.GetName()
 
-        def forward(status: JobStatus, index=index, name=name) -> None:
-            if on_progress is not None:
-                on_progress(index, len(volumes), name, status.progress, status.stage)
+class BatchTask:
+    """Detect organs in each volume in turn: ``advance()`` until ``progress.ended``; ``report`` says how it went."""
 
-        try:
-            rois = DetectionRun(scene, volume, client, options).run_to_end(forward, should_cancel)
-        except (BackendError, UserInputError) as error:
-            report.errors[name] = str(error)
-            continue
-        if rois is None:
-            report.cancelled = True
-            break
-        report.boxes[name] = len(rois)
-    return report
+    def __init__(
+        self, scene, volumes: list, connect: Connector, worker: Executor, options: DetectionOptions | None = None
+    ) -> None:
+        self.scene = scene
+        self.volumes = list(volumes)
+        self.report = BatchReport()
+        self._connect = connect
+        self._worker = worker
+        self._options = options
+        self._index = -1
+        self._task: DetectionTask | None = None
+        self.progress = Progress("running", 0.0, "Starting")
+        self._next_volume()
+
+    @property
+    def ended(self) -> bool:
+        return self.progress.ended
+
+    @property
+    def health(self) -> dict | None:
+        return self._task.health if self._task is not None else None
+
+    def _next_volume(self) -> None:
+        self._index += 1
+        self._task = None
+        while self._index < len(self.volumes):
+            volume = self.volumes[self._index]
+            try:
+                self._task = DetectionTask(self.scene, volume, self._connect, self._worker, self._options)
+                return
+            except UserInputError as error:  # e.g. a volume of an unsupported voxel type
+                self.report.errors[volume.GetName()] = str(error)
+                self._index += 1
+        words = "; ".join(self.report.lines()) or "No volumes."
+        self.progress = Progress(DONE, 1.0, words)
+
+    def advance(self) -> Progress:
+        if self.ended or self._task is None:
+            return self.progress
+        step = self._task.advance()
+        name = self.volumes[self._index].GetName()
+        if step.state == DONE:
+            self.report.boxes[name] = len(self._task.rois)
+        elif step.state == FAILED:
+            self.report.errors[name] = step.words
+        if step.ended:
+            self._next_volume()
+            return self.progress
+        total = len(self.volumes)
+        fraction = (self._index + step.fraction) / total
+        self.progress = Progress(step.state, fraction, f"{name} ({self._index + 1}/{total}): {step.words}")
+        return self.progress
+
+    def cancel(self) -> None:
+        if self.ended:
+            return
+        if self._task is not None:
+            self._task.cancel()
+        self.report.cancelled = True
+        self.progress = Progress(CANCELLED, self.progress.fraction, "Cancelled.")

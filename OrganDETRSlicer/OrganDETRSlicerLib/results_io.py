@@ -30,6 +30,17 @@ def export_format(path: str | Path):
     raise UserInputError(f"{Path(path).name}: unknown export format; use a file name ending in {endings}")
 
 
+def with_export_ending(path: str | Path, name_filter: str = "") -> Path:
+    """The file name with the ending of the chosen file-dialog filter (e.g. "CSV (*.csv)") added when it has none of
+    the known endings, so a name typed without extension still exports."""
+    path = Path(path)
+    name = path.name.lower()
+    if any(name.endswith(ending) for ending, _ in EXPORT_FORMATS):
+        return path
+    endings = [ending for ending, _ in EXPORT_FORMATS if f"*{ending})" in name_filter]
+    return path.with_name(path.name + (endings[0] if endings else ".json"))
+
+
 def export_boxes(scene, volume_node, path: str | Path, overwrite: bool = False) -> Path:
     """Write the volume's current boxes (with source flags and the input's geometry) in the format of the name."""
     writer = export_format(path)

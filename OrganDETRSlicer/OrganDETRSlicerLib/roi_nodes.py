@@ -36,6 +36,7 @@ ATTRIBUTE_PREFIX = "OrganDETR."
 RESULT_HEADER_ATTRIBUTE = ATTRIBUTE_PREFIX + "ResultHeader"  # on the volume: result without detections
 LABEL, CLASS_ID, SCORE, SOURCE = "Label", "ClassId", "Score", "Source"
 VOXEL_BOUNDS, CANDIDATES, MODEL_BOX, TERMINOLOGY = "VoxelBounds", "Candidates", "ModelBox", "Terminology"
+PRESENCE, PRESENT = "Presence", "Present"
 MANUAL_SCORE = 1.0  # a box an annotator drew is certain by definition
 DEFAULT_FILL_OPACITY = 0.1  # see the CT through the box
 GEOMETRY_TOLERANCE_MM = 1e-3  # smaller differences are float rounding of the ROI, not edits
@@ -123,6 +124,8 @@ def _new_roi(scene, volume_node, detection: Detection, model_box: PhysicalBox | 
     _set(roi, CLASS_ID, str(detection.class_id))
     _set(roi, SCORE, repr(float(detection.score)))
     _set(roi, SOURCE, detection.source)
+    _set(roi, PRESENCE, "" if detection.presence is None else repr(float(detection.presence)))
+    _set(roi, PRESENT, "true" if detection.present else "false")
     _set(roi, VOXEL_BOUNDS, detection.voxel_bounds.model_dump_json() if detection.voxel_bounds else "")
     _set(roi, CANDIDATES, json.dumps([candidate.model_dump(mode="json") for candidate in detection.candidates]))
     _set(roi, MODEL_BOX, model_box.model_dump_json() if model_box else "")
@@ -182,6 +185,25 @@ def roi_score(roi) -> float:
     return float(_get(roi, SCORE) or MANUAL_SCORE)
 
 
+def roi_presence(roi) -> float | None:
+    """The model's probability that the organ is in the scan (None for results before schema 1.1)."""
+    text = _get(roi, PRESENCE)
+    return float(text) if text else None
+
+
+def roi_present(roi) -> bool:
+    """False for a box of an organ the model judged absent (returned only when absent organs were asked for)."""
+    return _get(roi, PRESENT) != "false"
+
+
+def absent_organs(scene, volume_node) -> list[str]:
+    """Organs the volume's result says are not in the scan: its ``absent`` list and boxes with present=false."""
+    header_text = volume_node.GetAttribute(RESULT_HEADER_ATTRIBUTE) if volume_node is not None else None
+    listed = [organ["label"] for organ in json.loads(header_text).get("absent", [])] if header_text else []
+    boxed = [roi_label(roi) for roi in organdetr_rois(scene, volume_node) if not roi_present(roi)]
+    return listed + [label for label in boxed if label not in listed]
+
+
 def roi_label(roi) -> str:
     return _get(roi, LABEL) or roi.GetName()
 
@@ -226,6 +248,8 @@ def roi_to_detection(roi, volume_node, geometry: VolumeGeometry | None = None) -
         label=roi_label(roi),
         class_id=int(_get(roi, CLASS_ID) or 1),
         score=roi_score(roi),
+        presence=roi_presence(roi),
+        present=roi_present(roi),
         box=box,
         voxel_bounds=voxel_bounds,
         source=source,
@@ -250,10 +274,12 @@ def rois_to_result(scene, volume_node) -> DetectionResult:
 
 
 def apply_score_threshold(scene, volume_node, threshold: float) -> int:
-    """Hide model boxes scoring below the threshold (edited and manual boxes stay visible); returns how many show."""
+    """Hide model boxes scoring below the threshold and boxes of organs judged absent (edited and manual boxes stay
+    visible); returns how many show."""
     shown = 0
     for roi in organdetr_rois(scene, volume_node):
-        visible = roi_source(roi) != "model" or roi_score(roi) >= threshold
+        model_box = roi_source(roi) == "model"
+        visible = not model_box or (roi_present(roi) and roi_score(roi) >= threshold)
         roi.GetDisplayNode().SetVisibility(visible)
         shown += int(visible)
     return shown

@@ -1,5 +1,4 @@
-"""Segmentation preview import (named and coloured by organ terminology), edited-flag tracking, manual boxes and
-the installation plan."""
+"""Segmentation preview import (named and coloured by organ terminology), edited-flag tracking and manual boxes."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import slicer
 from conftest import OPENKBP_CLASSES, label_derived_result
 from organdetr.errors import UserInputError
 from organdetr_backend.organ_terminology import organ_term
-from OrganDETRSlicerLib.dependency_installer import CONSTRAINTS_PLACEHOLDER, constraints_text, plan_installation
 from OrganDETRSlicerLib.edit_tracking import EditTracker
 from OrganDETRSlicerLib.roi_nodes import add_manual_roi, create_rois, roi_source, rois_to_result, set_rois_locked
 from OrganDETRSlicerLib.segmentation_preview import load_segmentation_preview, remove_segmentation_preview
@@ -86,21 +84,3 @@ def test_end_of_interaction_marks_edited(mrml, head_neck_case):
     rois[2].SetCenter(1.0, 2.0, 3.0)
     rois[2].InvokeEvent(end)
     assert roi_source(rois[2]) == "model"  # no longer observed (the export still reports it as edited)
-
-
-def test_installation_plan_never_pips_torch_or_replaces_slicer_packages():
-    fresh = {"torch": None, "numpy": "1.26.4", "SimpleITK": "2.4.0", "organdetr": None}
-    plan = plan_installation(fresh)
-    assert [step.kind for step in plan.steps] == ["pytorch-extension", "pip"]
-    pip_step = plan.steps[1]
-    assert "torch" not in pip_step.pip_arguments and CONSTRAINTS_PLACEHOLDER in pip_step.pip_arguments
-    assert not plan.restart_required and "PyTorch" in plan.summary()
-
-    with_torch = {**fresh, "torch": "2.5.1"}
-    assert constraints_text(with_torch) == "numpy==1.26.4\nSimpleITK==2.4.0\ntorch==2.5.1\n"
-    assert [step.kind for step in plan_installation(with_torch).steps] == ["pip"]
-
-    ready = {**with_torch, "organdetr": "0.1.0"}
-    assert plan_installation(ready, backend_version="0.1.0").nothing_to_do
-    upgrade = plan_installation(ready, backend_version="0.2.0", already_imported=frozenset({"organdetr_backend"}))
-    assert upgrade.restart_required and "restart" in upgrade.summary()

@@ -1,7 +1,8 @@
-"""HTTP client for the OrganDETR backend (API.md), standard library only so it runs in any Slicer.
+"""HTTP client of the OrganDETR service (docs/API.md), on the standard library only, so it runs in any Slicer.
 
 Every failure becomes a :class:`BackendError` whose message is one sentence in plain words (connection refused,
 bad token, out of memory, bad input with the server's own message), ready for a status line or a message box.
+Uploads stream from the file in chunks and can be stopped between chunks.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import mimetypes
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +20,11 @@ from organdetr.errors import UserInputError
 from organdetr_backend.export import parse_result
 from organdetr_backend.schema import DetectionResult
 
+from . import api
+
 DEFAULT_TIMEOUT_S = 30.0
 UPLOAD_TIMEOUT_S = 600.0  # a large CT over a slow link
-FINISHED_STATES = ("done", "failed", "cancelled")
+UPLOAD_CHUNK_BYTES = 1024 * 1024
 _OUT_OF_MEMORY_HINTS = ("out of memory", "outofmemory", "cannot allocate memory")
 
 
@@ -30,6 +34,10 @@ class BackendError(RuntimeError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class UploadCancelled(BackendError):
+    """The upload was stopped by the caller before it completed."""
 
 
 def plain_message(status: int, server_message: str) -> str:
@@ -60,23 +68,57 @@ class JobStatus:
 
     @property
     def finished(self) -> bool:
-        return self.status in FINISHED_STATES
+        return self.status in api.FINISHED_JOB_STATES
 
 
-def _multipart(fields: dict[str, str], file_field: str, file_path: Path) -> tuple[bytes, str]:
-    """A multipart/form-data body (the stdlib has no encoder for requests)."""
-    boundary = f"organdetr-{uuid.uuid4().hex}"
-    parts = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    content_type = mimetypes.guess_type(file_path.name)[0] or "application/octet-stream"
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{file_path.name}"\r\n'
-        f"Content-Type: {content_type}\r\n\r\n".encode()
-    )
-    parts.append(file_path.read_bytes())
-    parts.append(f"\r\n--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+@dataclass(frozen=True)
+class DetectionRequest:
+    """What to ask the service for, besides the image (the form fields of a job)."""
+
+    top_k: int = api.DEFAULT_TOP_K  # the best box per organ and top_k - 1 alternatives for annotators
+    segmentation: bool = False  # also compute the segmentation preview
+    include_absent: bool = False  # also return organs judged absent, as detections with present=false
+
+    def form_fields(self) -> dict[str, str]:
+        fields = {api.TOP_K_FIELD: str(self.top_k), api.SEGMENTATION_FIELD: _form_bool(self.segmentation)}
+        if self.include_absent:  # sent only when asked for, so servers from before schema 1.1 keep working
+            fields[api.INCLUDE_ABSENT_FIELD] = _form_bool(True)
+        return fields
+
+
+def _form_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+class _MultipartUpload:
+    """A multipart/form-data body streamed from a file: an iterable of byte chunks with a known length."""
+
+    def __init__(self, fields: dict[str, str], file_path: Path, should_stop: Callable[[], bool]) -> None:
+        boundary = f"organdetr-{uuid.uuid4().hex}"
+        self.content_type = f"multipart/form-data; boundary={boundary}"
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+            for name, value in fields.items()
+        ]
+        file_type = mimetypes.guess_type(file_path.name)[0] or "application/octet-stream"
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{api.IMAGE_FIELD}"; '
+            f'filename="{file_path.name}"\r\nContent-Type: {file_type}\r\n\r\n'
+        )
+        self._head = "".join(parts).encode()
+        self._tail = f"\r\n--{boundary}--\r\n".encode()
+        self._file_path = file_path
+        self._should_stop = should_stop
+        self.length = len(self._head) + file_path.stat().st_size + len(self._tail)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._head
+        with self._file_path.open("rb") as handle:
+            while chunk := handle.read(UPLOAD_CHUNK_BYTES):
+                if self._should_stop():
+                    raise UploadCancelled("The upload was cancelled.")
+                yield chunk
+        yield self._tail
 
 
 class BackendClient:
@@ -89,14 +131,10 @@ class BackendClient:
         self.token = token
         self.timeout_s = timeout_s
 
-    def _request(
-        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None, timeout=None
-    ) -> bytes:
-        request = urllib.request.Request(self.url + path, data=body, method=method)
+    def _request(self, method: str, path: str, body=None, headers: dict[str, str] | None = None, timeout=None) -> bytes:
+        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
         if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        if content_type:
-            request.add_header("Content-Type", content_type)
+            request.add_header("Authorization", f"{api.AUTHORIZATION_SCHEME} {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=timeout or self.timeout_s) as response:
                 return response.read()
@@ -124,20 +162,26 @@ class BackendClient:
             raise BackendError(f"The server at {self.url} did not answer like an OrganDETR backend.") from None
 
     def health(self) -> dict:
-        return self._json("GET", "/v1/health")
+        return self._json("GET", api.HEALTH_PATH)
 
     def models(self) -> list[dict]:
-        return self._json("GET", "/v1/models")["models"]
+        return self._json("GET", api.MODELS_PATH)["models"]
 
-    def submit(self, image_path: str | Path, top_k: int = 3, segmentation: bool = False) -> str:
-        """Upload an image file and queue a detection job; returns the job id."""
-        fields = {"top_k": str(top_k), "segmentation": "true" if segmentation else "false"}
-        body, content_type = _multipart(fields, "image", Path(image_path))
-        answer = self._json("POST", "/v1/jobs", body=body, content_type=content_type, timeout=UPLOAD_TIMEOUT_S)
+    def submit(
+        self,
+        image_path: str | Path,
+        request: DetectionRequest | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> str:
+        """Upload an image file and queue a detection job; returns the job id. ``should_stop`` is asked between
+        upload chunks; when it says yes the upload stops with :class:`UploadCancelled`."""
+        upload = _MultipartUpload((request or DetectionRequest()).form_fields(), Path(image_path), should_stop)
+        headers = {"Content-Type": upload.content_type, "Content-Length": str(upload.length)}
+        answer = self._json("POST", api.JOBS_PATH, body=iter(upload), headers=headers, timeout=UPLOAD_TIMEOUT_S)
         return str(answer["job_id"])
 
     def job(self, job_id: str) -> JobStatus:
-        answer = self._json("GET", f"/v1/jobs/{job_id}")
+        answer = self._json("GET", api.job_path(job_id))
         return JobStatus(
             job_id=str(answer["job_id"]),
             status=str(answer["status"]),
@@ -148,16 +192,16 @@ class BackendClient:
 
     def result(self, job_id: str) -> DetectionResult:
         try:
-            return parse_result(self._json("GET", f"/v1/jobs/{job_id}/result"), "backend result")
+            return parse_result(self._json("GET", api.job_result_path(job_id)), "backend result")
         except UserInputError as error:
             raise BackendError(f"The backend sent an invalid result: {error}") from None
 
     def segmentation(self, job_id: str) -> bytes:
         """The NRRD preview label map of a job submitted with ``segmentation=True``."""
-        return self._request("GET", f"/v1/jobs/{job_id}/segmentation")
+        return self._request("GET", api.job_segmentation_path(job_id))
 
     def cancel(self, job_id: str) -> JobStatus:
-        answer = self._json("DELETE", f"/v1/jobs/{job_id}")
+        answer = self._json("DELETE", api.job_path(job_id))
         return JobStatus(str(answer["job_id"]), str(answer["status"]), 0.0, str(answer["status"]), None)
 
 
