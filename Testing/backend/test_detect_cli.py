@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +19,15 @@ import SimpleITK as sitk
 from matplotlib.image import imread
 from organdetr.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from organdetr_backend.cli import main
+from organdetr_backend.detect_command import BATCH_CSV_NAME
+from organdetr_backend.predictor import Predictor
 from organdetr_backend.schema import DetectionResult
 
 NON_ASCII_LABEL = "Glándula"
+predictor_selects_organs = pytest.mark.skipif(
+    not {"organs", "include_absent"} <= set(inspect.signature(Predictor.predict).parameters),
+    reason="Predictor.predict does not take organs / include_absent yet",
+)
 # An ASCII-only process locale, as 3D Slicer and other hosts may run with; no UTF-8 mode, no locale coercion.
 C_LOCALE_ENV = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
 
@@ -43,6 +51,11 @@ def detect(tiny_checkpoint: Path):
         return main(["detect", *map(str, args), "--model", str(tiny_checkpoint), "--device", "cpu"])
 
     return run
+
+
+def organ_labels(result: DetectionResult) -> list[str]:
+    """Every organ the result reports: with a box (present or, on request, absent) and judged absent."""
+    return [d.label for d in result.detections] + [a.label for a in result.absent]
 
 
 def _bad_nifti(folder: Path) -> Path:
@@ -71,18 +84,19 @@ def test_json_markups_and_csv_outputs_are_valid(detect, small_abdomen_ct, data_d
     jsonschema.validate(markups, json.loads((data_dir / "markups-schema-v1.0.3.json").read_text(encoding="utf-8")))
     assert [m["name"] for m in markups["markups"]] == [d.label for d in result.detections]
     rows = list(csv.DictReader(csv_path.open(encoding="utf-8", newline="")))
-    assert len(rows) == len(result.detections)
+    assert [row["organ"] for row in rows] == organ_labels(result)
 
 
 def test_existing_folder_as_output_gets_a_named_file(detect, small_abdomen_ct, tmp_path) -> None:
     assert detect(small_abdomen_ct, "-o", tmp_path) == 0
-    assert DetectionResult.model_validate_json((tmp_path / "ct.organdetr.json").read_text(encoding="utf-8")).detections
+    written = tmp_path / "ts_example_ct_sm_3mm_ct.organdetr.json"
+    assert organ_labels(DetectionResult.model_validate_json(written.read_text(encoding="utf-8")))
 
 
 def test_missing_output_folders_are_created(detect, small_abdomen_ct, tmp_path) -> None:
     result, overlay = tmp_path / "new" / "r.json", tmp_path / "other" / "deeper" / "r.png"
     assert detect(small_abdomen_ct, "-o", result, "--overlay", overlay) == 0
-    assert DetectionResult.model_validate_json(result.read_text(encoding="utf-8")).detections
+    assert organ_labels(DetectionResult.model_validate_json(result.read_text(encoding="utf-8")))
     assert overlay.stat().st_size > 0
 
 
@@ -139,6 +153,10 @@ def test_refuses_to_overwrite_without_overwrite(detect, small_abdomen_ct, tmp_pa
         (["{ct}", "--top-k", "0"], "--top-k"),
         (["{ct}", "--overlay", "{tmp}/x.jpg"], "--overlay"),
         (["{ct}", "--seg-preview", "{tmp}/x.png"], "--seg-preview"),
+        (["{ct}", "-o", "{tmp}/boxes.csv", "--format", "json"], "--format"),
+        (["{ct}", "-o", "{tmp}/boxes.mrk.json", "--format", "csv"], "--format"),
+        (["{ct}", "--organs", "Brainstem,Heart"], "Heart; this model detects Brainstem, SpinalCord"),
+        (["{ct}", "--threads", "0"], "--threads"),
         (["{tmp}/missing.nii.gz"], "no such file"),
     ],
 )
@@ -186,8 +204,111 @@ def test_console_script_in_a_c_locale_keeps_non_ascii_labels(non_ascii_checkpoin
     printed = DetectionResult.model_validate_json(completed.stdout)
     written = DetectionResult.model_validate_json(json_path.read_text(encoding="utf-8"))
     assert NON_ASCII_LABEL in printed.model.classes and NON_ASCII_LABEL in written.model.classes
-    assert [d.label for d in printed.detections] == [d.label for d in written.detections]
+    assert organ_labels(printed) == organ_labels(written)
     with csv_path.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["organ"] for row in rows] == [d.label for d in written.detections]
-    assert NON_ASCII_LABEL in {row["organ"] for row in rows}  # every organ gets its best box, this one included
+    assert [row["organ"] for row in rows] == organ_labels(written)
+    assert NON_ASCII_LABEL in {row["organ"] for row in rows}  # every organ is listed, this one included
+
+
+def test_trailing_slash_means_a_folder(detect, small_abdomen_ct, tmp_path) -> None:
+    folder = tmp_path / "results1"
+    assert detect(small_abdomen_ct, "-o", f"{folder}/", "--overlay", f"{folder}/") == 0
+    assert folder.is_dir()
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ts_example_ct_sm_3mm_ct.organdetr.json",
+        "ts_example_ct_sm_3mm_ct.overlay.png",
+    ]
+
+
+def test_one_input_is_named_as_in_a_batch(detect, small_abdomen_ct, head_neck_case, tmp_path) -> None:
+    alone, batch = tmp_path / "alone", tmp_path / "batch"
+    alone.mkdir()
+    assert detect(head_neck_case[0], "-o", alone) == 0
+    assert detect(head_neck_case[0], small_abdomen_ct, "-o", batch) == 0
+    names = [p.name for p in alone.iterdir()]
+    assert names == ["openkbp_pt_201_ct.organdetr.json"] and (batch / names[0]).is_file()
+
+
+@pytest.mark.parametrize(
+    ("name", "check"),
+    [
+        ("boxes.csv", lambda text: next(csv.reader([text.splitlines()[0]]))[0] == "organ"),
+        ("boxes.mrk.json", lambda text: "markups" in json.loads(text)),
+        ("boxes.json", lambda text: DetectionResult.model_validate_json(text).schema_name),
+    ],
+)
+def test_format_follows_the_output_extension(detect, small_abdomen_ct, tmp_path, name, check) -> None:
+    assert detect(small_abdomen_ct, "-o", tmp_path / name) == 0
+    assert check((tmp_path / name).read_text(encoding="utf-8"))
+
+
+def test_existing_output_is_refused_before_the_model_is_loaded(small_abdomen_ct, tmp_path, capsys) -> None:
+    """The model folder is broken: had it been loaded first, its error would be the one reported."""
+    broken_model = tmp_path / "broken_model"
+    broken_model.mkdir()
+    (broken_model / CONFIG_FILE).write_text("{not json", encoding="utf-8")
+    (broken_model / WEIGHTS_FILE).write_bytes(b"not weights")
+    target = tmp_path / "r.json"
+    target.write_text("keep me", encoding="utf-8")
+    assert main(["detect", str(small_abdomen_ct), "-o", str(target), "--model", str(broken_model)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists" in err[0]
+    assert target.read_text(encoding="utf-8") == "keep me"
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_outputs_follow_the_umask(detect, small_abdomen_ct, tmp_path, umask, mode) -> None:
+    outputs = [tmp_path / "r.csv", tmp_path / "seg.nii.gz", tmp_path / "r.png"]
+    previous = os.umask(umask)
+    try:
+        assert detect(small_abdomen_ct, "-o", outputs[0], "--seg-preview", outputs[1], "--overlay", outputs[2]) == 0
+    finally:
+        os.umask(previous)
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in outputs} == {path.name: mode for path in outputs}
+
+
+def test_csv_batch_reports_each_input_and_writes_a_combined_table(
+    detect, small_abdomen_ct, head_neck_case, tmp_path, capsys
+) -> None:
+    inputs = [small_abdomen_ct, head_neck_case[0]]
+    out = tmp_path / "results"
+    assert detect(*inputs, "-o", out, "--format", "csv") == 0
+    progress = [line for line in capsys.readouterr().err.splitlines() if "] " in line]
+    assert [line.split("] ")[0].rsplit("[", 1)[1] for line in progress] == ["1/2", "2/2"]
+    assert all(str(path) in line for path, line in zip(inputs, progress, strict=True))
+
+    with (out / BATCH_CSV_NAME).open(encoding="utf-8", newline="") as handle:
+        combined = list(csv.DictReader(handle))
+    for path in inputs:
+        with (out / f"{path.parent.name}_ct.csv").open(encoding="utf-8", newline="") as handle:
+            own_rows = list(csv.DictReader(handle))
+        rows = [{k: v for k, v in row.items() if k != "input"} for row in combined if row["input"] == str(path)]
+        assert rows == own_rows and rows
+
+
+@predictor_selects_organs
+def test_organs_and_include_absent(detect, small_abdomen_ct, capsys) -> None:
+    assert detect(small_abdomen_ct, "--organs", "Mandible,Brainstem", "Larynx", "--include-absent") == 0
+    result = DetectionResult.model_validate_json(capsys.readouterr().out)
+    assert sorted(d.label for d in result.detections) == ["Brainstem", "Larynx", "Mandible"]
+    assert {a.label for a in result.absent} <= {"Brainstem", "Larynx", "Mandible"}
+
+
+def test_unknown_model_name_lists_the_installed_ones(small_abdomen_ct, capsys) -> None:
+    assert main(["detect", str(small_abdomen_ct), "--model", "no-such-model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "installed: default / shipped / openkbp-small / organdetr-openkbp-small" in err[0]
+
+
+def test_shipped_model_by_name(small_abdomen_ct, capsys) -> None:
+    assert main(["detect", str(small_abdomen_ct), "--model", "openkbp-small", "--device", "cpu"]) == 0
+    assert DetectionResult.model_validate_json(capsys.readouterr().out).model.name == "organdetr-openkbp-small"
+
+
+def test_models_command_lists_the_installed_models(capsys) -> None:
+    assert main(["models", "--json"]) == 0
+    (shipped,) = json.loads(capsys.readouterr().out)
+    assert shipped["names"] == ["default", "shipped", "openkbp-small", "organdetr-openkbp-small"]
+    assert shipped["default"] is True and len(shipped["classes"]) == 7
+    assert (Path(shipped["folder"]) / WEIGHTS_FILE).is_file()
