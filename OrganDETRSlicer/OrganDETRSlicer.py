@@ -63,6 +63,13 @@ class OrganDETRSlicerParameterNode:
     lockBoxes: bool = False
 
 
+def connectGui(parameterNode, ui):
+    """``parameterNode.connectGui(ui)``, returning the tag that ``disconnectGui`` needs: Slicer 5.8.0's connectGui
+    returns None (fixed in 5.10), so there the tag is the one the wrapper just used."""
+    tag = parameterNode.connectGui(ui)
+    return tag if tag is not None else parameterNode._nextParameterGUIsTag - 1
+
+
 class OrganDETRSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Thin GUI: reads the controls, calls the logic, shows what it returns."""
 
@@ -160,7 +167,7 @@ class OrganDETRSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = connectGui(self._parameterNode, self.ui)
         self.refreshTable()
 
     def inputVolume(self):
