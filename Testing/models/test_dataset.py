@@ -9,10 +9,9 @@ import pytest
 import torch
 from openkbp_dataset import CLASS_NAMES, write_dataset_json
 from organdetr.checkpoint import save_checkpoint
-from organdetr.config import PreprocessConfig
+from organdetr.config import AugmentConfig, PreprocessConfig
 from organdetr.dataset import (
     MIN_OBJECT_VOXELS,
-    AugmentConfig,
     CaseCache,
     DetectionDataset,
     collate,
@@ -127,7 +126,7 @@ def test_augmentation_recomputes_boxes_and_is_reproducible(dataset_json) -> None
     cache = CaseCache(CLASS_NAMES, SMALL)
     cases = [cache.get(record) for record in description.splits["training"]]
     always = replace(AugmentConfig(), affine_probability=1.0)
-    dataset = DetectionDataset(cases, always, seed=3)
+    dataset = DetectionDataset(cases, SMALL.spatial_size, augment=always, seed=3)
     image, target, name = dataset[0]
     assert name == "openkbp_pt_201"
     again, _, _ = dataset[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +18,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from organdetr.checkpoint import load_checkpoint
+from organdetr.errors import UserInputError
 from organdetr.inference import InferenceOutput, run_detector, select_device
 from organdetr.preprocess import PreprocessedVolume, index_to_physical_matrix, preprocess_image
 
+from .ct_content import check_ct_content
 from .geometry import network_box_to_image
 from .image_io import LoadedImage, image_info
-from .schema import Candidate, Detection, DetectionResult, ModelInfo, Timing
+from .schema import AbsentOrgan, Candidate, Detection, DetectionResult, ModelInfo, Timing
 
 ProgressCallback = Callable[[str, float], None]
 
@@ -135,12 +137,18 @@ class Predictor:
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         read_s: float = 0.0,
+        include_absent: bool = False,
+        organs: Sequence[str] | None = None,
     ) -> Prediction:
         """Detect organs in one image.
 
         ``progress(stage, fraction)`` is called as each stage starts; ``cancel`` is checked between stages
         (:class:`JobCancelled`). ``read_s`` is the time the caller spent reading the image, reported in the timing.
+        Organs whose presence probability is below the model's threshold go to the result's ``absent`` list, and
+        also into ``detections`` (``present=False``) with ``include_absent``. ``organs`` restricts the result to
+        these organ names (all of the model's by default).
         """
+        wanted = self.select_organs(organs)
         stage_times: dict[str, float] = {}
 
         def enter(stage: str) -> None:
@@ -152,15 +160,24 @@ class Predictor:
 
         image = loaded_image.image
         enter("preprocessing")
+        check_ct_content(image, loaded_image.source)
         volume = preprocess_image(image, self.config.preprocess)
         enter("network")
         try:
-            output = run_detector(self.network, volume, self.device, top_k=top_k, segmentation=segmentation)
+            output = run_detector(
+                self.network,
+                volume,
+                self.device,
+                top_k=top_k,
+                segmentation=segmentation,
+                window=self.config.preprocess.spatial_size,
+                window_overlap=self.config.preprocess.window_overlap,
+            )
         except torch.cuda.OutOfMemoryError as error:
             torch.cuda.empty_cache()  # leave the device usable for the next, perhaps smaller, job
             raise RuntimeError(f"out of GPU memory on {self.device_label}; try --device cpu") from error
         enter("decoding")
-        detections = self._detections(output, volume, image)
+        detections, absent = self._detections(output, volume, image, wanted, include_absent)
         info = image_info(loaded_image)  # hashes the voxels: part of the reported time
         label_map = None
         if segmentation and output.segmentation is not None:
@@ -180,17 +197,48 @@ class Predictor:
             device=self.device_label,
             timing=timing,
             detections=detections,
+            presence_threshold=self.config.presence.threshold,
+            absent=absent,
         )
         return Prediction(result=result, segmentation=label_map)
 
-    def _detections(self, output: InferenceOutput, volume: PreprocessedVolume, image: sitk.Image) -> list[Detection]:
-        """Decoded organs (network space) -> detections in the input image's physical and index space."""
+    def select_organs(self, organs: Sequence[str] | None) -> set[str]:
+        """The organ names a caller asked for (all when None); unknown names are a :class:`UserInputError`."""
+        classes = list(self.config.class_names)
+        if organs is None:
+            return set(classes)
+        unknown = [name for name in organs if name not in classes]
+        if unknown:
+            raise UserInputError(f"unknown organ(s) {', '.join(unknown)}; this model detects {', '.join(classes)}")
+        if not organs:
+            raise UserInputError(f"no organ selected; this model detects {', '.join(classes)}")
+        return set(organs)
+
+    def _detections(
+        self,
+        output: InferenceOutput,
+        volume: PreprocessedVolume,
+        image: sitk.Image,
+        wanted: set[str],
+        include_absent: bool,
+    ) -> tuple[list[Detection], list[AbsentOrgan]]:
+        """Decoded organs (network space) -> detections in the input image's physical and index space, and the
+        organs judged absent."""
 
         def to_image(box: torch.Tensor):
             return network_box_to_image(box, volume.network_shape, volume.index_to_network, image)
 
-        detections = []
-        for organ in output.organs:
+        threshold = self.config.presence.threshold
+        detections, absent = [], []
+        for organ, presence in zip(output.organs, output.presence, strict=True):
+            label = self.config.class_names[organ.class_index]
+            present = presence >= threshold
+            if label not in wanted:
+                continue
+            if not present:
+                absent.append(AbsentOrgan(label=label, class_id=organ.class_index + 1, presence=presence))
+                if not include_absent:
+                    continue
             physical, bounds = to_image(organ.box)
             candidates = []
             for score, box in organ.candidates:
@@ -198,12 +246,14 @@ class Predictor:
                 candidates.append(Candidate(score=score, box=candidate_physical, voxel_bounds=candidate_bounds))
             detections.append(
                 Detection(
-                    label=self.config.class_names[organ.class_index],
+                    label=label,
                     class_id=organ.class_index + 1,
                     score=organ.score,
+                    presence=presence,
+                    present=present,
                     box=physical,
                     voxel_bounds=bounds,
                     candidates=candidates,
                 )
             )
-        return detections
+        return detections, absent

@@ -111,13 +111,69 @@ class LossConfig:
 
 @dataclass
 class PreprocessConfig:
-    """Deterministic preprocessing shared by training and inference (see :mod:`organdetr.preprocess`)."""
+    """Deterministic preprocessing shared by training and inference (see :mod:`organdetr.preprocess`).
+
+    With ``target_spacing_mm`` (the physical-space contract) every volume is resampled to that spacing whatever its
+    field of view, and ``spatial_size`` is the network WINDOW: larger volumes are covered by overlapping windows,
+    smaller ones are padded with air. Without it (models before version 2) every volume is resized to
+    ``spatial_size`` (the legacy fixed-shape contract, kept so that old checkpoints still run).
+    """
 
     # DICOM-style orientation code of the network's index axes (SimpleITK DICOMOrient). "LPS" = identity.
     orientation: str = "LPS"
     spatial_size: tuple[int, int, int] = (128, 128, 128)
     intensity_min: float = -1000.0
     intensity_max: float = 1000.0
+    # Network voxel size (mm) along the reoriented axes; None = legacy resize to spatial_size.
+    target_spacing_mm: tuple[float, float, float] | None = None
+    # Fraction of the window shared by neighbouring windows along an axis.
+    window_overlap: float = 0.25
+
+
+@dataclass
+class PresenceConfig:
+    """When an organ counts as present in a scan (per-organ probability = best query's class probability)."""
+
+    threshold: float = 0.5
+
+
+@dataclass
+class FieldOfViewConfig:
+    """Random field-of-view cuts in training, so that the model learns that organs can be absent.
+
+    An annotated organ that a cut removes is a TRUE negative (trained as absent); one whose visible part is below
+    ``min_visible_fraction`` of its voxels is ambiguous and treated as unannotated for that sample; unannotated
+    organs stay unknown. Axis 2 of the network grid is the head-foot axis (orientation ``LPS``).
+    """
+
+    cut_probability: float = 0.5  # cut along the head-foot axis
+    min_cut_fraction: float = 0.15  # shortest slab kept, as a fraction of the case's head-foot extent
+    inplane_cut_probability: float = 0.15  # also cut each in-plane axis
+    min_inplane_fraction: float = 0.5
+    empty_probability: float = 0.1  # a slab that holds no annotated organ (where the case has one)
+    min_visible_fraction: float = 0.2
+
+
+@dataclass
+class AugmentConfig:
+    """Random augmentation of a training window (MONAI), after its field of view is cut.
+
+    No flips: the organ classes are lateral (left / right parotid). Rotation mostly about the head-foot axis (axis 2):
+    patients lie on the table, and out-of-plane tilts widen the boxes of thin long organs such as the spinal cord.
+    The affine resampling of a window is the costly part on CPU, so it is applied with ``affine_probability``.
+    """
+
+    affine_probability: float = 0.7
+    rotate_degrees: tuple[float, float, float] = (3.0, 3.0, 7.5)  # about network axes 0, 1, 2
+    zoom: float = 0.1  # scale factor drawn from [1 - zoom, 1 + zoom]
+    translate_fraction: float = 0.1
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    intensity_probability: float = 0.5
+    noise_std: float = 0.02
+    noise_probability: float = 0.2
+    smooth_sigma: tuple[float, float] = (0.5, 1.0)
+    smooth_probability: float = 0.1
 
 
 @dataclass
@@ -136,6 +192,8 @@ class TrainConfig:
     num_workers: int = 0
     val_every: int = 1
     augment: bool = True
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    field_of_view: FieldOfViewConfig = field(default_factory=FieldOfViewConfig)
 
 
 @dataclass
@@ -156,6 +214,7 @@ class DetectorConfig:
     preset: str = "small"
     model: ModelConfig = field(default_factory=ModelConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -210,6 +269,9 @@ _NESTED: dict[str, type] = {
     "MatcherConfig": MatcherConfig,
     "LossConfig": LossConfig,
     "PreprocessConfig": PreprocessConfig,
+    "PresenceConfig": PresenceConfig,
+    "FieldOfViewConfig": FieldOfViewConfig,
+    "AugmentConfig": AugmentConfig,
     "TrainConfig": TrainConfig,
 }
 

@@ -26,15 +26,16 @@ import torch
 from monai import transforms as mt
 
 from .box_ops import boxes_from_label_map
-from .config import PreprocessConfig
+from .config import AugmentConfig, FieldOfViewConfig, PreprocessConfig
 from .errors import UserInputError
+from .field_of_view import sample_training_window
 from .preprocess import PreprocessedVolume, index_to_physical_matrix, preprocess_image, preprocess_label
 
 SPLITS = ("training", "validation", "test")
 # Organs smaller than this (after resampling / augmentation) are fragments, not detectable objects (as in v1).
 MIN_OBJECT_VOXELS = 5
 # Cache format version: bump when the cached content changes so stale files are rebuilt, not misread.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,25 @@ def network_spacing_mm(image: sitk.Image, index_to_network: np.ndarray) -> np.nd
     return np.linalg.norm(network_to_physical[:3, :3], axis=0)
 
 
+def median_spacing(records: Sequence[CaseRecord], orientation: str) -> tuple[float, float, float]:
+    """Median voxel spacing of the cases' images along the network axes (after reorientation), from headers only."""
+    spacings = []
+    for record in records:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(record.image))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as error:
+            raise UserInputError(f"cannot read image {record.image}: {str(error).strip().splitlines()[-1]}") from None
+        # A 2-voxel image with the same spacing and direction reorients exactly as the case would.
+        probe = sitk.Image([2, 2, 2], sitk.sitkUInt8)
+        probe.SetSpacing(reader.GetSpacing())
+        probe.SetDirection(reader.GetDirection())
+        spacings.append(sitk.DICOMOrient(probe, orientation).GetSpacing())
+    median = np.median(np.asarray(spacings, dtype=np.float64), axis=0)
+    return tuple(round(float(v), 3) for v in median)  # type: ignore[return-value]
+
+
 def _read_image(path: Path, what: str) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
@@ -259,27 +279,6 @@ class CaseCache:
         return case
 
 
-@dataclass
-class AugmentConfig:
-    """Random augmentation applied to the cached image and label map together (MONAI).
-
-    No flips: the organ classes are lateral (left / right parotid). The affine resampling of a 128^3 volume is the
-    costly part on CPU, so it is applied with ``affine_probability`` rather than to every sample.
-    """
-
-    affine_probability: float = 0.7
-    rotate_degrees: float = 7.5
-    zoom: float = 0.1  # scale factor drawn from [1 - zoom, 1 + zoom]
-    translate_fraction: float = 0.1
-    intensity_scale: float = 0.1
-    intensity_shift: float = 0.1
-    intensity_probability: float = 0.5
-    noise_std: float = 0.02
-    noise_probability: float = 0.2
-    smooth_sigma: tuple[float, float] = (0.5, 1.0)
-    smooth_probability: float = 0.1
-
-
 def build_augmentation(config: AugmentConfig, spatial_size: Sequence[int]) -> mt.Compose:
     """MONAI transform chain for a ``{"image", "label"}`` dict of channel-first tensors."""
     keys = ("image", "label")
@@ -288,7 +287,7 @@ def build_augmentation(config: AugmentConfig, spatial_size: Sequence[int]) -> mt
             mt.RandAffined(
                 keys=keys,
                 prob=config.affine_probability,
-                rotate_range=[np.deg2rad(config.rotate_degrees)] * 3,
+                rotate_range=[float(np.deg2rad(d)) for d in config.rotate_degrees],
                 scale_range=[config.zoom] * 3,
                 translate_range=[config.translate_fraction * n for n in spatial_size],
                 mode=("bilinear", "nearest"),
@@ -317,23 +316,29 @@ def make_target(label_map: torch.Tensor, annotated: torch.Tensor) -> dict[str, t
 
 
 class DetectionDataset(torch.utils.data.Dataset):
-    """Cached, preprocessed cases -> ``(image [1, D0, D1, D2] float32, target dict, case name)``.
+    """Cached, preprocessed cases -> ``(image [1, *window] float32, target dict, case name)``.
 
-    Augmentation randomness is a pure function of ``(seed, epoch, index)`` (call :meth:`set_epoch`), so a resumed
-    run sees exactly the samples an uninterrupted run would, whatever the number of loader workers.
+    With ``field_of_view`` each sample is a random field of view of its case in one network window
+    (:mod:`organdetr.field_of_view`), then augmented; without it the case is used whole (its grid must then be the
+    window, as in the legacy fixed-shape contract). Randomness is a pure function of ``(seed, epoch, index)`` (call
+    :meth:`set_epoch`), so a resumed run sees exactly the samples an uninterrupted run would, whatever the number of
+    loader workers.
     """
 
     def __init__(
         self,
         cases: Sequence[PreprocessedCase],
+        window: Sequence[int],
         augment: AugmentConfig | None = None,
+        field_of_view: FieldOfViewConfig | None = None,
         seed: int = 0,
     ):
         self.cases = list(cases)
+        self.window = tuple(int(n) for n in window)
+        self.field_of_view = field_of_view
         self.seed = seed
         self.epoch = 0
-        spatial = tuple(self.cases[0].image.shape[1:]) if self.cases else (1, 1, 1)
-        self.transform = build_augmentation(augment, spatial) if augment is not None else None
+        self.transform = build_augmentation(augment, self.window) if augment is not None else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -343,13 +348,21 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], str]:
         case = self.cases[index]
-        image, label_map = case.image.float(), case.label_map
+        sample_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + index) % 2**32
+        image, label_map, annotated = case.image.float(), case.label_map, case.annotated
+        if self.field_of_view is not None:
+            cut = sample_training_window(
+                image, label_map, annotated, self.window, self.field_of_view, np.random.default_rng(sample_seed)
+            )
+            image, label_map, annotated = cut.image, cut.label_map, cut.annotated
+        elif tuple(image.shape[1:]) != self.window:
+            raise ValueError(f"{case.name}: grid {tuple(image.shape[1:])} is not the window {self.window}")
         if self.transform is not None:
-            self.transform.set_random_state(seed=(self.seed * 1_000_003 + self.epoch * 10_007 + index) % 2**32)
+            self.transform.set_random_state(seed=sample_seed)
             sample = self.transform({"image": image, "label": label_map[None].float()})
             image = torch.as_tensor(sample["image"]).float()
             label_map = torch.as_tensor(sample["label"])[0].round().to(torch.uint8)
-        return image, make_target(label_map, case.annotated), case.name
+        return image, make_target(label_map, annotated), case.name
 
 
 def collate(

@@ -1,8 +1,12 @@
-"""Exceptions that carry a message meant for the user (bad input, bad usage) rather than a bug."""
+"""Exceptions that carry a message meant for the user (bad input, bad usage) rather than a bug.
+
+``UserInputError`` is the torch-free client's (:mod:`organdetr_client.errors`): one class for client, backend and model.
+"""
+
+from organdetr_client.errors import UserInputError as UserInputError
 
 
-class UserInputError(ValueError):
-    """Input the user can fix: unreadable or implausible images, bad JSON, unknown organs, bad options.
+class NotAPatientCTError(UserInputError):
+    """A readable image that is not a CT of a person (all NaN, constant, no voxel in the body's HU range)."""
 
-    The CLI turns it into one line on stderr and exit code 2; the server into a 4xx JSON answer.
-    """
+    http_status = 422

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .atomic_file import atomic_write_text
+from .config import DetectorConfig
 from .errors import UserInputError
 
 QUICKLOOK_COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:cyan", "tab:olive")
@@ -42,12 +43,13 @@ def boxes_to_mm(boxes: torch.Tensor, shape: Sequence[int], spacing_mm: Sequence[
 def evaluate_cases(
     model: nn.Module,
     cases: Sequence,
-    class_names: Sequence[str],
+    config: DetectorConfig,
     device: torch.device,
     progress: bool = False,
     quicklook_dir: Path | None = None,
 ):
-    """Detect on every :class:`~organdetr.dataset.PreprocessedCase` and return its :class:`DetectionMetrics`."""
+    """Detect on every :class:`~organdetr.dataset.PreprocessedCase` (windows and presence threshold of ``config``)
+    and return its :class:`DetectionMetrics`."""
     from tqdm import tqdm
 
     from .box_ops import boxes_from_label_map
@@ -55,9 +57,17 @@ def evaluate_cases(
     from .inference import run_detector
     from .metrics import ImageDetections, compute_metrics
 
+    class_names = config.class_names
     images = []
     for case in tqdm(cases, desc="evaluate", unit="case", disable=not progress, leave=False):
-        output = run_detector(model, case.volume(), device, top_k=1)
+        output = run_detector(
+            model,
+            case.volume(),
+            device,
+            top_k=1,
+            window=config.preprocess.spatial_size,
+            window_overlap=config.preprocess.window_overlap,
+        )
         shape = case.label_map.shape
         gt_classes, gt_boxes = boxes_from_label_map(case.label_map, len(class_names), min_voxels=MIN_OBJECT_VOXELS)
         pred_boxes = torch.stack([organ.box for organ in output.organs]) if output.organs else torch.zeros(0, 6)
@@ -68,11 +78,12 @@ def evaluate_cases(
             gt_classes=gt_classes,
             gt_boxes=boxes_to_mm(gt_boxes, shape, case.network_spacing_mm),
             annotated=case.annotated,
+            presence=torch.tensor(output.presence, dtype=torch.float32),
         )
         images.append(image)
         if quicklook_dir is not None:
             save_quicklook(quicklook_dir / f"{case.name}.png", case, image, class_names)
-    return compute_metrics(images, class_names)
+    return compute_metrics(images, class_names, presence_threshold=config.presence.threshold)
 
 
 def save_quicklook(path: Path, case, image, class_names: Sequence[str]) -> None:
@@ -162,9 +173,7 @@ def run(args: argparse.Namespace) -> int:
     description.check_class_names(loaded.config.class_names)
     cache = CaseCache(loaded.config.class_names, loaded.config.preprocess, args.cache_dir)
     cases = [cache.get(record) for record in description.splits[args.split]]
-    metrics = evaluate_cases(
-        loaded.model, cases, loaded.config.class_names, device, progress=True, quicklook_dir=args.quicklook
-    )
+    metrics = evaluate_cases(loaded.model, cases, loaded.config, device, progress=True, quicklook_dir=args.quicklook)
     result = {
         **metrics.to_dict(),
         "model": str(loaded.directory),

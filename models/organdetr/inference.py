@@ -1,12 +1,14 @@
 """The single inference path of the detector, shared by the backend predictor and the evaluation.
 
-``PreprocessedVolume -> network (inference mode; autocast on CUDA) -> one decoded box per organ class`` and, on
-request, the segmentation of the finest segmentation head on the network grid.
+``PreprocessedVolume -> network windows (organdetr.windows) -> network (inference mode; autocast on CUDA) -> one
+decoded box per organ class and window -> the best-supported window per organ`` and, on request, the segmentation of
+the finest segmentation head stitched over the windows on the volume's grid.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -15,15 +17,19 @@ from torch import nn
 from .errors import UserInputError
 from .postprocess import DecodedOrgan, decode_detections
 from .preprocess import PreprocessedVolume
+from .windows import Window, plan_windows
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+# Rank penalty of a window's box that an inner window border cuts off: a whole view of the organ is preferred.
+CUT_SCORE_PENALTY = 0.25
 
 
 @dataclass
 class InferenceOutput:
     """Detections of one volume, in network-normalised coordinates."""
 
-    organs: list[DecodedOrgan]
+    organs: list[DecodedOrgan]  # boxes normalised to the whole volume, one per class in class order
+    presence: list[float]  # per class: its best probability in any window (the organ is in the scan somewhere)
     segmentation: torch.Tensor | None  # LongTensor [D0, D1, D2] of label values on the network grid, CPU
 
 
@@ -45,31 +51,74 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def _forward(model: nn.Module, image: torch.Tensor, device: torch.device, segmentation: bool) -> dict:
+    autocast_dtype = _autocast_dtype(device)
+    with (
+        torch.inference_mode(),
+        torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
+    ):
+        return model(image[None].to(device), return_segmentation=segmentation)
+
+
+def _window_organs(organs: list[DecodedOrgan], window: Window, shape: Sequence[int]) -> list[DecodedOrgan]:
+    """A window's decoded organs with their boxes (and candidates' boxes) normalised to the whole volume."""
+    return [
+        replace(
+            organ,
+            box=window.box_to_volume(organ.box, shape),
+            candidates=[(score, window.box_to_volume(box, shape)) for score, box in organ.candidates],
+        )
+        for organ in organs
+    ]
+
+
+def _window_probabilities(seg_logits: list[torch.Tensor], window: Window) -> torch.Tensor:
+    """Finest segmentation head of one window -> class probabilities ``[C, *window.size]`` (CPU, float32)."""
+    probabilities = seg_logits[0].float().softmax(dim=1)
+    return F.interpolate(probabilities, size=window.size, mode="trilinear", align_corners=False)[0].cpu()
+
+
 def run_detector(
-    model: nn.Module, volume: PreprocessedVolume, device: torch.device, top_k: int = 3, segmentation: bool = False
+    model: nn.Module,
+    volume: PreprocessedVolume,
+    device: torch.device,
+    top_k: int = 3,
+    segmentation: bool = False,
+    window: Sequence[int] | None = None,
+    window_overlap: float = 0.25,
 ) -> InferenceOutput:
     """Detect the organs of one preprocessed volume with ``model`` (already on ``device``).
 
-    The model is run in eval mode and its previous train/eval mode is restored afterwards, so validation during
-    training can use this same path.
+    ``window`` is the network input size (the checkpoint's ``spatial_size``; None = the volume's own shape). Each
+    organ's detection comes from the window that supports it best: the highest probability, with a penalty for a box
+    that a window border inside the volume cuts off. The model is run in eval mode and its previous train/eval mode
+    is restored afterwards, so validation during training can use this same path.
     """
+    shape = volume.network_shape
+    windows = plan_windows(shape, tuple(window) if window is not None else shape, window_overlap)
     was_training = model.training
     model.eval()
-    autocast_dtype = _autocast_dtype(device)
+    per_window: list[list[tuple[float, DecodedOrgan, float]]] = []  # per window, per class: (rank, organ, score)
+    seg_total = None
     try:
-        with (
-            torch.inference_mode(),
-            torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
-        ):
-            outputs = model(volume.image[None].to(device), return_segmentation=segmentation)
+        for current in windows:
+            outputs = _forward(model, current.extract(volume.image), device, segmentation)
+            organs = decode_detections(outputs, top_k=top_k)[0]
+            ranks = [o.score - (CUT_SCORE_PENALTY if current.cuts_box(o.box, shape) else 0.0) for o in organs]
+            mapped = _window_organs(organs, current, shape)
+            per_window.append([(r, m, o.score) for r, m, o in zip(ranks, mapped, organs, strict=True)])
+            if segmentation:
+                seg_logits = outputs.get("seg_logits")
+                if not seg_logits:
+                    raise UserInputError("this model has no segmentation heads; run it without segmentation output")
+                window_probabilities = _window_probabilities(seg_logits, current)
+                if seg_total is None:
+                    seg_total = torch.zeros((window_probabilities.shape[0], *shape))
+                current.add_to_volume(seg_total, window_probabilities)
     finally:
         model.train(was_training)
-    organs = decode_detections(outputs, top_k=top_k)[0]
-    labels = None
-    if segmentation:
-        seg_logits = outputs.get("seg_logits")
-        if not seg_logits:
-            raise UserInputError("this model has no segmentation heads; run it without segmentation output")
-        finest = seg_logits[0].float().argmax(dim=1, keepdim=True).float()  # [1, 1, d0, d1, d2] label values
-        labels = F.interpolate(finest, size=volume.network_shape, mode="nearest-exact")[0, 0].long().cpu()
-    return InferenceOutput(organs=organs, segmentation=labels)
+    per_class = list(zip(*per_window, strict=True))
+    organs = [max(views, key=lambda view: view[0])[1] for views in per_class]
+    presence = [max(view[2] for view in views) for views in per_class]
+    labels = seg_total.argmax(dim=0) if seg_total is not None else None
+    return InferenceOutput(organs=organs, presence=presence, segmentation=labels)

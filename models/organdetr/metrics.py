@@ -36,6 +36,40 @@ class ImageDetections:
     gt_classes: torch.Tensor  # [G] long
     gt_boxes: torch.Tensor  # [G, 6] center-size
     annotated: torch.Tensor  # [K] bool: classes contoured in this image
+    presence: torch.Tensor | None = None  # [K] predicted probability that each class is in the image
+
+
+@dataclass
+class PresenceMetrics:
+    """How often annotated organs are judged present / absent correctly (threshold on the presence probability).
+
+    An organ counts as present in an image when it is annotated there and has a ground-truth box; as absent when it
+    is annotated and has none (for example cut off by the field of view). Unannotated organs are not counted.
+    """
+
+    threshold: float
+    present_total: int = 0
+    present_reported: int = 0  # present organs judged present (goal: all)
+    absent_total: int = 0
+    absent_reported: int = 0  # absent organs judged present (goal: none)
+
+    @property
+    def present_recall(self) -> float | None:
+        return self.present_reported / self.present_total if self.present_total else None
+
+    def add(self, image: ImageDetections) -> None:
+        assert image.presence is not None
+        for k in image.annotated.nonzero()[:, 0].tolist():
+            reported = float(image.presence[k]) >= self.threshold
+            if bool((image.gt_classes == k).any()):
+                self.present_total += 1
+                self.present_reported += int(reported)
+            else:
+                self.absent_total += 1
+                self.absent_reported += int(reported)
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "present_recall": self.present_recall}
 
 
 @dataclass
@@ -66,6 +100,7 @@ class DetectionMetrics:
     mAP_nndet: float | None
     num_images: int
     per_class: list[ClassMetrics] = field(default_factory=list)
+    presence: PresenceMetrics | None = None  # when the images carry presence probabilities
 
     def to_dict(self) -> dict:
         summary = {key: getattr(self, key) for key in SUMMARY_KEYS}
@@ -73,6 +108,7 @@ class DetectionMetrics:
             **summary,
             "num_images": self.num_images,
             "per_class": {c.name: {k: v for k, v in c.__dict__.items() if k != "name"} for c in self.per_class},
+            "presence": None if self.presence is None else self.presence.to_dict(),
         }
 
 
@@ -119,8 +155,11 @@ def _match(records: _ClassRecords, threshold: float) -> np.ndarray:
     return tp
 
 
-def compute_metrics(images: Sequence[ImageDetections], class_names: Sequence[str]) -> DetectionMetrics:
-    """COCO-style 3D metrics with one detection per image and class; see the module docstring."""
+def compute_metrics(
+    images: Sequence[ImageDetections], class_names: Sequence[str], presence_threshold: float = 0.5
+) -> DetectionMetrics:
+    """COCO-style 3D metrics with one detection per image and class; see the module docstring. With presence
+    probabilities in every image, also the :class:`PresenceMetrics` at ``presence_threshold``."""
     per_class: list[ClassMetrics] = []
     for k, name in enumerate(class_names):
         records = _ClassRecords()
@@ -152,6 +191,12 @@ def compute_metrics(images: Sequence[ImageDetections], class_names: Sequence[str
     def mean(key: str) -> float | None:
         return float(np.mean([getattr(c, key) for c in scored])) if scored else None
 
+    presence = None
+    if images and all(image.presence is not None for image in images):
+        presence = PresenceMetrics(threshold=presence_threshold)
+        for image in images:
+            presence.add(image)
+
     return DetectionMetrics(
         mAP=mean("AP"),
         AP50=mean("AP50"),
@@ -160,6 +205,7 @@ def compute_metrics(images: Sequence[ImageDetections], class_names: Sequence[str
         mAP_nndet=mean("AP_nndet"),
         num_images=len(images),
         per_class=per_class,
+        presence=presence,
     )
 
 

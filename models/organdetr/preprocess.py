@@ -1,7 +1,10 @@
 """Deterministic preprocessing shared by training and inference.
 
 ``image (any orientation, spacing, size) -> reorient to PreprocessConfig.orientation (exact axis permutation
-and flips) -> resize to PreprocessConfig.spatial_size (trilinear, half-voxel aligned) -> clip and scale HU``.
+and flips) -> resample to PreprocessConfig.target_spacing_mm (Gaussian anti-aliasing where it shrinks, then
+trilinear, half-voxel aligned) -> clip and scale HU``. The result has the scan's own physical extent; cutting it
+into network windows is :mod:`organdetr.windows`' job. Legacy configs (no target spacing) resize to
+``spatial_size`` instead.
 
 Alongside the network input it returns the affine that maps a continuous ITK index of the ORIGINAL image to a
 continuous voxel index of the network input (``index_to_network``). The backend inverts it to bring boxes back to
@@ -16,9 +19,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from monai.transforms import GaussianSmooth
 
 from .config import PreprocessConfig
 from .image_geometry import index_to_physical_matrix
+
+# A grid shrunk by more than this factor along an axis is smoothed first (sigma = (factor - 1) / 2 input voxels).
+ANTIALIAS_MIN_FACTOR = 1.25
 
 
 @dataclass
@@ -54,16 +61,36 @@ def _array_ijk(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
 
 
+def network_grid_shape(in_shape: tuple[int, ...], spacing: tuple[float, ...], config: PreprocessConfig) -> tuple:
+    """Shape of the network grid for a reoriented image of ``in_shape`` voxels of ``spacing`` mm."""
+    if config.target_spacing_mm is None:
+        return tuple(config.spatial_size)
+    extent = np.asarray(in_shape, dtype=np.float64) * np.asarray(spacing, dtype=np.float64)
+    return tuple(max(1, round(float(v))) for v in extent / np.asarray(config.target_spacing_mm, dtype=np.float64))
+
+
+def _antialias(array: torch.Tensor, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> torch.Tensor:
+    """Gaussian low-pass along the axes that shrink, so that resampling does not alias noise and thin edges."""
+    factors = np.asarray(in_shape, dtype=np.float64) / np.asarray(out_shape, dtype=np.float64)
+    if factors.max() < ANTIALIAS_MIN_FACTOR:
+        return array
+    sigma = [float((f - 1.0) / 2.0) if f >= ANTIALIAS_MIN_FACTOR else 0.0 for f in factors]
+    return torch.as_tensor(GaussianSmooth(sigma=sigma)(array[0]))[None]
+
+
 def preprocess_image(image: sitk.Image, config: PreprocessConfig) -> PreprocessedVolume:
     """CT image -> network input ``[1, D0, D1, D2]`` in ``[0, 1]`` plus the index affine."""
     oriented, reorient_map = _reorient(image, config.orientation)
     array = torch.from_numpy(np.ascontiguousarray(_array_ijk(oriented), dtype=np.float32))
-    resized = F.interpolate(array[None, None], size=tuple(config.spatial_size), mode="trilinear", align_corners=False)[
-        0
-    ]
+    out_shape = network_grid_shape(array.shape, oriented.GetSpacing(), config)
     low, high = config.intensity_min, config.intensity_max
-    scaled = (resized.clamp(low, high) - low) / (high - low)
-    index_map = _resize_matrix(array.shape, tuple(config.spatial_size)) @ reorient_map
+    # Clip before smoothing: a metal streak or the -3024 HU outside a reconstruction circle must not bleed.
+    clipped = array.clamp(low, high)[None, None]
+    if config.target_spacing_mm is not None:
+        clipped = _antialias(clipped, tuple(array.shape), out_shape)
+    resized = F.interpolate(clipped, size=out_shape, mode="trilinear", align_corners=False)[0]
+    scaled = (resized - low) / (high - low)
+    index_map = _resize_matrix(array.shape, out_shape) @ reorient_map
     return PreprocessedVolume(image=scaled, index_to_network=index_map)
 
 
@@ -71,5 +98,6 @@ def preprocess_label(label: sitk.Image, config: PreprocessConfig) -> torch.Tenso
     """Integer label map -> ``[D0, D1, D2]`` long tensor on the network grid (nearest, half-voxel aligned)."""
     oriented, _ = _reorient(label, config.orientation)
     array = torch.from_numpy(np.ascontiguousarray(_array_ijk(oriented), dtype=np.float32))
-    resized = F.interpolate(array[None, None], size=tuple(config.spatial_size), mode="nearest-exact")
+    out_shape = network_grid_shape(array.shape, oriented.GetSpacing(), config)
+    resized = F.interpolate(array[None, None], size=out_shape, mode="nearest-exact")
     return resized[0, 0].round().long()

@@ -53,6 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("D0", "D1", "D2"),
         help="network input grid (default 128 128 128; multiples of 32), stored with the model",
     )
+    parser.add_argument(
+        "--target-spacing",
+        nargs="+",
+        default=None,
+        metavar="MM",
+        help="network voxel size: 3 values in mm, 'auto' (the training images' median spacing; the default for new "
+        "runs) or 'none' (legacy: resize every scan to --spatial-size); stored with the model",
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="per process")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW, default 2e-4)")
@@ -199,6 +207,11 @@ def _build_config(args: argparse.Namespace, description, initial=None) -> Any:
     preprocess = config.preprocess
     if args.spatial_size is not None:
         preprocess = replace(preprocess, spatial_size=tuple(args.spatial_size))
+    target_spacing = args.target_spacing
+    if target_spacing is None and initial is None and args.config is None:
+        target_spacing = ["auto"]
+    if target_spacing is not None:
+        preprocess = replace(preprocess, target_spacing_mm=_target_spacing(target_spacing, description, preprocess))
     model = config.model
     if args.no_msa:
         model = replace(model, msa=replace(model.msa, enabled=False))
@@ -211,6 +224,23 @@ def _build_config(args: argparse.Namespace, description, initial=None) -> Any:
         preprocess=preprocess,
         training_data=description.summary() | _initialised_from(initial),
     )
+
+
+def _target_spacing(values: list[str], description, preprocess) -> tuple[float, float, float] | None:
+    """``--target-spacing`` -> the stored value (see its help)."""
+    from .dataset import median_spacing
+
+    if values == ["auto"]:
+        return median_spacing(description.splits["training"], preprocess.orientation)
+    if values == ["none"]:
+        return None
+    try:
+        spacing = tuple(float(v) for v in values)
+    except ValueError:
+        spacing = ()
+    if len(spacing) != 3 or not all(0.1 <= v <= 20.0 for v in spacing):
+        raise UserInputError("--target-spacing takes 3 values in mm between 0.1 and 20, 'auto' or 'none'")
+    return spacing  # type: ignore[return-value]
 
 
 def _initialised_from(initial) -> dict[str, Any]:
@@ -254,7 +284,7 @@ class Trainer:
 
         from .checkpoint import load_checkpoint
         from .criterion import SetCriterion
-        from .dataset import AugmentConfig, CaseCache, DetectionDataset, available_splits, load_dataset_json
+        from .dataset import CaseCache, DetectionDataset, available_splits, load_dataset_json
         from .matcher import DenseQueryMatcher
         from .organ_detr import build_model
 
@@ -301,8 +331,13 @@ class Trainer:
             if "validation" in description.splits and self.dist.is_main
             else []
         )
-        augment = AugmentConfig() if train_config.augment else None
-        self.dataset = DetectionDataset(self.train_cases, augment, seed=train_config.seed)
+        self.dataset = DetectionDataset(
+            self.train_cases,
+            self.config.preprocess.spatial_size,
+            augment=train_config.augmentation if train_config.augment else None,
+            field_of_view=train_config.field_of_view if train_config.augment else None,
+            seed=train_config.seed,
+        )
         self.sampler = torch.utils.data.DistributedSampler(
             self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=train_config.seed
         )
@@ -475,7 +510,7 @@ class Trainer:
 
         result = None
         if self.dist.is_main and self.val_cases:
-            metrics = evaluate_cases(self.model, self.val_cases, self.class_names, self.device)
+            metrics = evaluate_cases(self.model, self.val_cases, self.config, self.device)
             result = metrics.to_dict()
         if self.dist.world_size > 1:
             dist.barrier()
