@@ -578,6 +578,7 @@ class OrganDETRSlicerTest(ScriptedLoadableModuleTest):
         import json
 
         import numpy as np
+
         from OrganDETRSlicerLib.roi_nodes import RESULT_HEADER_ATTRIBUTE, roi_source
         from OrganDETRSlicerLib.volume_geometry import volume_geometry
 

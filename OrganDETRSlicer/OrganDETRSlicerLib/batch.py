@@ -6,7 +6,7 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from organdetr.errors import UserInputError
+from organdetr_client.errors import UserInputError
 
 from .detection_run import CANCELLED, DONE, FAILED, Connector, DetectionOptions, DetectionTask, Progress
 

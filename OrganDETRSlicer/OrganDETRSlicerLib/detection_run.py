@@ -19,7 +19,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from organdetr.errors import UserInputError
+from organdetr_client.errors import UserInputError
 from organdetr_client.http_client import BackendClient, BackendError, DetectionRequest, JobStatus, failed_job_message
 
 from .results_io import check_result_matches_volume

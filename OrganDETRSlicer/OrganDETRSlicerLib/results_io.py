@@ -1,6 +1,6 @@
 """Export the boxes of a volume (our JSON, Slicer .mrk.json, CSV) and import our JSON back onto a volume.
 
-Writers are the backend's (organdetr_backend.export): atomic, and they refuse to overwrite unless asked. An import is
+Writers are the client's (organdetr_client.export): atomic, and they refuse to overwrite unless asked. An import is
 validated completely (schema, organ names, and that the result's image geometry is this volume's grid) before the
 scene is touched, so a refused file leaves the scene exactly as it was.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from organdetr.errors import UserInputError
-from organdetr_backend.export import read_result_json, write_csv, write_markups, write_result_json
-from organdetr_backend.schema import DetectionResult
+from organdetr_client.errors import UserInputError
+from organdetr_client.export import read_result_json, write_csv, write_markups, write_result_json
+from organdetr_client.schema import DetectionResult
 
 from .roi_nodes import create_rois, rois_to_result
 from .volume_geometry import VolumeGeometry, volume_geometry

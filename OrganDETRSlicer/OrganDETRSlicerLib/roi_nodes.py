@@ -16,17 +16,18 @@ import json
 
 import numpy as np
 import slicer
-from organdetr.errors import UserInputError
-from organdetr.image_geometry import index_to_physical_matrix
-from organdetr_backend.geometry import (
+
+from organdetr_client.box_geometry import (
     lps_to_ras,
     orientation_lps_to_ras,
     orientation_ras_to_lps,
     physical_box_to_voxel_bounds,
     ras_to_lps,
 )
-from organdetr_backend.organ_terminology import organ_term
-from organdetr_backend.schema import Detection, DetectionResult, ImageInfo, PhysicalBox, VoxelBounds
+from organdetr_client.errors import UserInputError
+from organdetr_client.image_geometry import index_to_physical_matrix
+from organdetr_client.organ_terminology import organ_term
+from organdetr_client.schema import Detection, DetectionResult, ImageInfo, PhysicalBox, VoxelBounds
 
 from .scene_nodes import place_under, remove_node
 from .volume_geometry import VolumeGeometry, numpy_from_vtk_matrix, volume_geometry, vtk_from_numpy_matrix

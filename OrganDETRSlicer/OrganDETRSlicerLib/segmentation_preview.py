@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import slicer
-from organdetr.errors import UserInputError
-from organdetr_backend.organ_terminology import organ_term
+
+from organdetr_client.errors import UserInputError
+from organdetr_client.organ_terminology import organ_term
 
 from .scene_nodes import place_under, remove_node
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import vtk
-from organdetr.image_geometry import index_to_physical_matrix
-from organdetr_backend.geometry import orientation_ras_to_lps, ras_to_lps
+
+from organdetr_client.box_geometry import orientation_ras_to_lps, ras_to_lps
+from organdetr_client.image_geometry import index_to_physical_matrix
 
 # Tolerances for "is this result about this volume": sub-micrometre in mm, and direction cosines to 1e-5.
 SPACING_TOLERANCE_MM = 1e-4

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from organdetr.errors import UserInputError
 from vtk.util.numpy_support import vtk_to_numpy
+
+from organdetr_client.errors import UserInputError
 
 from .volume_geometry import VolumeGeometry, volume_geometry
 

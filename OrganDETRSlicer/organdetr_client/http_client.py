@@ -16,11 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from organdetr.errors import UserInputError
-from organdetr_backend.export import parse_result
-from organdetr_backend.schema import DetectionResult
-
 from . import api
+from .errors import UserInputError
+from .export import parse_result
+from .schema import DetectionResult
 
 DEFAULT_TIMEOUT_S = 30.0
 UPLOAD_TIMEOUT_S = 600.0  # a large CT over a slow link

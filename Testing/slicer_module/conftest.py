@@ -17,8 +17,8 @@ if not hasattr(slicer, "vtkMRMLScene"):
 MODULE_DIR = Path(__file__).resolve().parents[2] / "OrganDETRSlicer"
 sys.path.insert(0, str(MODULE_DIR))
 
-from organdetr_backend.geometry import voxel_bounds_to_physical  # noqa: E402
-from organdetr_backend.schema import Detection, DetectionResult, ImageInfo, ModelInfo, VoxelBounds  # noqa: E402
+from organdetr_client.box_geometry import voxel_bounds_to_physical  # noqa: E402
+from organdetr_client.schema import Detection, DetectionResult, ImageInfo, ModelInfo, VoxelBounds  # noqa: E402
 
 OPENKBP_CLASSES = ["Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible"]
 

@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 import slicer
 from conftest import OPENKBP_CLASSES, label_derived_result
-from organdetr.errors import UserInputError
-from organdetr_backend.organ_terminology import organ_term
+from organdetr_client.errors import UserInputError
+from organdetr_client.organ_terminology import organ_term
 from OrganDETRSlicerLib.edit_tracking import EditTracker
 from OrganDETRSlicerLib.roi_nodes import add_manual_roi, create_rois, roi_source, rois_to_result, set_rois_locked
 from OrganDETRSlicerLib.segmentation_preview import load_segmentation_preview, remove_segmentation_preview

@@ -11,8 +11,8 @@ import pytest
 import SimpleITK as sitk
 import slicer
 from conftest import OPENKBP_CLASSES, label_derived_result
-from organdetr.errors import UserInputError
-from organdetr_backend.export import read_result_json, write_result_json
+from organdetr_client.errors import UserInputError
+from organdetr_client.export import read_result_json, write_result_json
 from OrganDETRSlicerLib.edit_tracking import EditTracker
 from OrganDETRSlicerLib.results_io import export_boxes, import_boxes
 from OrganDETRSlicerLib.roi_nodes import (

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 from conftest import OPENKBP_CLASSES, label_derived_result
-from organdetr_backend.geometry import physical_box_to_voxel_bounds
+from organdetr_client.box_geometry import physical_box_to_voxel_bounds
 from OrganDETRSlicerLib.roi_nodes import (
     create_rois,
     roi_box,

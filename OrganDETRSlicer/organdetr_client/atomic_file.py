@@ -1,0 +1,37 @@
+"""Atomic file writes: write a temporary file in the target's folder, then ``os.replace`` it into place.
+
+Readers never see a partial file, and a failed write leaves the previous file (or none) untouched. The one mechanism
+behind checkpoints, training logs, metrics, result exports and images.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (ending in ``suffix``, for writers that choose a format by it);
+    when the block succeeds the temporary file replaces ``path``, otherwise it is removed."""
+    path = Path(path)
+    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(descriptor)
+    temp = Path(temp_name)
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` (newlines as given) to ``path`` atomically, flushed to disk before the rename."""
+    with atomic_path(path) as temp, temp.open("w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Path(path)
