@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import locale
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -166,11 +167,14 @@ def test_two_series_picks_the_larger_ct_and_says_so(dicom_slab, tmp_path):
     expect_error(folder, "no series with SeriesInstanceUID", series_uid="1.2.3.4")
 
 
-def test_folder_without_dicom(tmp_path):
+@pytest.mark.parametrize("content", ["none", "a text file"])
+def test_folder_without_dicom(tmp_path, capfd, content):
     folder = tmp_path / "empty_study"
     folder.mkdir()
-    (folder / "readme.txt").write_text("no images here", encoding="utf-8")
+    if content == "a text file":
+        (folder / "readme.txt").write_text("no images here", encoding="utf-8")
     expect_error(folder, "no DICOM series")
+    assert capfd.readouterr().err == ""  # ITK's own warning ("No Series were found") stays off the console
 
 
 def test_dicom_file_limit(dicom_slab):
@@ -183,12 +187,23 @@ def test_wrong_modality(tmp_path):
     expect_error(folder, "wrong modality", "MR")
 
 
-def test_zip_with_path_traversal_is_refused(tmp_path, dicom_slab):
+def test_zip_with_path_traversal_is_refused(tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"  # the system temporary folder, where the archive is extracted
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as handle:
         handle.writestr("../outside.dcm", b"x")
     expect_error(archive, "outside the archive")
-    assert not (tmp_path.parent / "outside.dcm").exists()
+    assert list(scratch.iterdir()) == []  # nothing written next to the extraction folder, which is gone too
+
+
+def test_messages_do_not_reveal_folders(tmp_path):
+    folder = tmp_path / "private-upload-folder"
+    folder.mkdir()
+    path = folder / "text.nii.gz"
+    path.write_bytes(b"not an image at all " * 50)
+    assert "private-upload-folder" not in expect_error(path, "not a readable image")
 
 
 def test_zip_size_limit_counts_inflated_bytes(tmp_path, dicom_slab):

@@ -3,12 +3,16 @@ at a known point, uvicorn in a thread), with the tiny real checkpoint and real C
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
+import re
 import select
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +24,6 @@ from pathlib import Path
 import httpx
 import jsonschema
 import numpy as np
-import psutil
 import pytest
 import SimpleITK as sitk
 import uvicorn
@@ -34,6 +37,11 @@ from organdetr_backend.serve_command import TOKEN_ENV, resolve_token
 from organdetr_backend.server import JOB_ID_HEADER, ServerSettings, create_app
 
 TOKEN = "test-token-0123456789"
+UPLOAD_FIELDS = {"image", "top_k", "segmentation", "series_uid", "include_absent", "organs"}
+predictor_selects_organs = pytest.mark.skipif(
+    not {"organs", "include_absent"} <= set(inspect.signature(Predictor.predict).parameters),
+    reason="Predictor.predict does not take organs / include_absent yet",
+)
 UPLOAD_LIMIT_MB = 1
 STARTUP_TIMEOUT_S = 120.0
 JOB_TIMEOUT_S = 60.0
@@ -46,12 +54,14 @@ class RunningServer:
     ready: dict
 
 
-def start_server(token_file: Path, checkpoint: Path, *extra: str) -> RunningServer:
-    """``organdetr serve --port 0`` in its own process; waits for the ready line."""
+def start_server(token_file: Path, checkpoint: Path, *extra: str, temp_dir: Path | None = None) -> RunningServer:
+    """``organdetr serve --port 0`` in its own process (its temporary files in ``temp_dir`` if given); waits for the
+    ready line."""
     command = [sys.executable, "-m", "organdetr_backend.cli", "serve", "--port", "0", "--token-file", str(token_file)]
     command += ["--model", str(checkpoint), "--device", "cpu", *extra]
+    env = os.environ | ({"TMPDIR": str(temp_dir)} if temp_dir is not None else {})
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace"
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace", env=env
     )
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -67,13 +77,15 @@ def start_server(token_file: Path, checkpoint: Path, *extra: str) -> RunningServ
     raise RuntimeError(f"server did not start: {process.stderr.read()}")
 
 
-def stop_server(server: RunningServer) -> int:
+def stop_server(server: RunningServer) -> tuple[int, str, str]:
+    """SIGTERM; the exit code and what the server wrote to stdout after the ready line and to stderr."""
     server.process.send_signal(signal.SIGTERM)
     try:
-        return server.process.wait(timeout=60)
+        server.process.wait(timeout=60)
     finally:
         server.process.kill()
-        server.process.communicate()
+        stdout, stderr = server.process.communicate()
+    return server.process.returncode, stdout, stderr
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +112,7 @@ def client(server: RunningServer) -> Iterator[httpx.Client]:
 def upload(path: Path, name: str | None = None, **fields) -> dict:
     return {
         "files": {"image": (name or path.name, path.read_bytes(), "application/octet-stream")},
-        "data": {key: str(value).lower() for key, value in fields.items()},
+        "data": {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in fields.items()},
     }
 
 
@@ -137,6 +149,7 @@ def test_ready_line_and_health_without_token(server: RunningServer) -> None:
         ("GET", "/v1/models"),
         ("POST", "/v1/detect"),
         ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs"),
         ("GET", "/v1/jobs/abc"),
         ("GET", "/v1/jobs/abc/result"),
         ("GET", "/v1/jobs/abc/segmentation"),
@@ -162,7 +175,7 @@ def test_detect_returns_a_valid_result(client: httpx.Client, small_abdomen_ct) -
     assert response.status_code == 200, response.text
     jsonschema.validate(response.json(), json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
     result = DetectionResult.model_validate_json(response.text)
-    assert result.image.source == "ct.nii.gz" and len(result.detections) == 7
+    assert result.image.source == "ct.nii.gz" and len(result.detections) + len(result.absent) == 7
     assert all(len(d.candidates) == 1 for d in result.detections)
     assert result.timing.read_s > 0
     # The synchronous call went through the job queue: its job is there too.
@@ -255,6 +268,7 @@ def test_bad_images_get_a_4xx_and_the_server_keeps_serving(client, bad_uploads, 
     path = bad_uploads[case]
     error = assert_error(client.post(endpoint, **upload(path)), 400)
     assert path.name in error["message"]
+    assert "organdetr-upload" not in error["message"] and tempfile.gettempdir() not in error["message"]
     assert client.get("/v1/health").status_code == 200
 
 
@@ -382,14 +396,18 @@ def test_result_of_an_unfinished_job_is_409(tiny_checkpoint, small_abdomen_ct) -
         assert wait_finished(http, job_id)["status"] == "done"
 
 
-def test_sigterm_cancels_jobs_and_exits_cleanly(token_file, tiny_checkpoint, head_neck_case) -> None:
-    running = start_server(token_file, tiny_checkpoint)
-    children = psutil.Process(running.process.pid).children(recursive=True)
+def test_sigterm_cancels_jobs_and_exits_cleanly(token_file, tiny_checkpoint, head_neck_case, tmp_path) -> None:
+    running = start_server(token_file, tiny_checkpoint, temp_dir=tmp_path)
     with httpx.Client(base_url=running.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as http:
         for _ in range(3):
             assert http.post("/v1/jobs", **upload(head_neck_case[0], segmentation=True)).status_code == 202
-    assert stop_server(running) == 0
-    assert not any(child.is_running() for child in children)
+    # Signalled as soon as the last job is accepted: it still waits behind the others (or is running).
+    returncode, _, stderr = stop_server(running)
+    assert returncode == 0, stderr
+    cancelled = re.search(r"stopping: cancelled (\d+) queued or running jobs", stderr)
+    assert cancelled is not None and int(cancelled.group(1)) >= 1, stderr
+    assert "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []  # no upload left behind
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{running.url}/v1/health", timeout=5)
 
@@ -463,3 +481,74 @@ def test_time_outs_for_stalled_uploads_and_slow_results(tiny_checkpoint, small_a
 def test_out_of_range_port_is_a_one_line_usage_error(tiny_checkpoint, port, capsys) -> None:
     assert cli_main(["serve", "--port", port, "--token", TOKEN, "--model", str(tiny_checkpoint)]) == 2
     assert capsys.readouterr().err.strip() == "organdetr serve: error: --port must be between 0 and 65535"
+
+
+def test_openapi_describes_the_uploads_and_the_token(server: RunningServer) -> None:
+    spec = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+    for path in ("/v1/detect", "/v1/jobs"):
+        body = spec["paths"][path]["post"]["requestBody"]
+        schema = body["content"]["multipart/form-data"]["schema"]
+        assert body["required"] is True and schema["required"] == ["image"]
+        assert set(schema["properties"]) == UPLOAD_FIELDS
+        assert schema["properties"]["image"]["format"] == "binary"
+        assert all(field.get("description") for field in schema["properties"].values())
+    schemes = spec["components"]["securitySchemes"]
+    (name,) = [key for key, scheme in schemes.items() if scheme == {**scheme, "type": "http", "scheme": "bearer"}]
+    operations = [(path, op) for path, item in spec["paths"].items() for op in item.values()]
+    secured = {path for path, op in operations if {name: []} in op.get("security", [])}
+    assert secured == {path for path, _ in operations} - {"/v1/health"}
+
+
+def test_docs_page_loads_swagger_ui_from_the_server_itself(server: RunningServer) -> None:
+    page = httpx.get(f"{server.url}/docs", timeout=30)
+    assert page.status_code == 200
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+    assert {Path(asset).suffix for asset in assets} >= {".js", ".css"}
+    assert "http" not in page.text.split("<body>", 1)[1].split("openapi.json")[0].lower()
+    for asset in assets:
+        assert asset.startswith("/"), asset  # from this server, not a CDN
+        response = httpx.get(f"{server.url}{asset}", timeout=30)
+        assert response.status_code == 200 and len(response.content) > 1000, asset
+
+
+def test_job_list(client: httpx.Client, small_abdomen_ct) -> None:
+    job_id = client.post("/v1/jobs", **upload(small_abdomen_ct)).json()["job_id"]
+    status = wait_finished(client, job_id)
+    listed = client.get("/v1/jobs").json()["jobs"]
+    assert status in listed and len({job["job_id"] for job in listed}) == len(listed)
+
+
+def test_unknown_organ_is_refused_with_the_valid_names(client: httpx.Client, small_abdomen_ct) -> None:
+    error = assert_error(client.post("/v1/jobs", **upload(small_abdomen_ct, organs="Larynx,Heart")), 400)
+    assert error["message"] == (
+        "unknown organ(s) Heart; this model detects Brainstem, SpinalCord, RightParotid, LeftParotid, Esophagus, "
+        "Larynx, Mandible"
+    )
+
+
+@predictor_selects_organs
+def test_organs_and_include_absent(client: httpx.Client, small_abdomen_ct) -> None:
+    response = client.post("/v1/detect", **upload(small_abdomen_ct, organs="Larynx, Brainstem", include_absent=True))
+    result = DetectionResult.model_validate_json(response.text)
+    assert sorted(d.label for d in result.detections) == ["Brainstem", "Larynx"]
+
+
+def test_access_log_at_info_without_token_or_file_names(token_file, tiny_checkpoint, small_abdomen_ct) -> None:
+    running = start_server(token_file, tiny_checkpoint, "--log-level", "info")
+    with httpx.Client(base_url=running.url, timeout=60) as http:
+        assert http.get("/v1/health").status_code == 200
+        assert http.get("/v1/models", headers={"Authorization": "Bearer wrong-token"}).status_code == 401
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        response = http.post(
+            "/v1/detect?note=query-secret", headers=headers, **upload(small_abdomen_ct, "Doe^J.nii.gz")
+        )
+        assert response.status_code == 200
+    returncode, stdout, stderr = stop_server(running)
+    assert returncode == 0 and stdout == ""  # stdout carries the ready line only
+    assert re.findall(r'"(\w+ \S+)" (\d+) ', stderr) == [
+        ("GET /v1/health", "200"),
+        ("GET /v1/models", "401"),
+        ("POST /v1/detect", "200"),
+    ]
+    for secret in (TOKEN, "wrong-token", "Doe^J", "query-secret", "organdetr-upload", str(small_abdomen_ct.parent)):
+        assert secret not in stderr

@@ -76,14 +76,31 @@ class LoadedImage:
     note: str | None = None  # something the user should know (e.g. which of several DICOM series was chosen)
 
 
-def _first_line(error: BaseException) -> str:
-    """The informative line of an ITK exception (ITK puts the message after a file:line prefix)."""
+def _first_line(error: BaseException, folder: Path) -> str:
+    """The informative line of an ITK exception (ITK puts the message after a file:line prefix), with file names
+    relative to ``folder``: messages must not reveal where files lie (a server's private upload folder)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    message = lines[-1] if lines else type(error).__name__
     for line in lines:
-        for marker in ("sitk::ERROR:", "ITK ERROR:", "ERROR:"):
-            if marker in line:
-                return line.split(marker, 1)[1].strip()
-    return lines[-1] if lines else type(error).__name__
+        marker = next((m for m in ("sitk::ERROR:", "ITK ERROR:", "ERROR:") if m in line), None)
+        if marker is not None:
+            message = line.split(marker, 1)[1].strip()
+            break
+    for prefix in dict.fromkeys((str(folder), str(folder.resolve()))):
+        message = message.replace(prefix + os.sep, "")
+    return message
+
+
+@contextmanager
+def _itk_warnings_hidden() -> Iterator[None]:
+    """Keep ITK from printing warnings straight to the console (e.g. "No Series were found" for a folder without
+    DICOM), where they would precede our own one-line message."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _suffix(path: Path) -> str:
@@ -196,7 +213,7 @@ def _read_image_file(path: Path, limits: ImageLimits) -> LoadedImage:
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
-        raise UserInputError(f"{name}: not a readable image ({_first_line(error)})") from None
+        raise UserInputError(f"{name}: not a readable image ({_first_line(error, path.parent)})") from None
     squeeze = _squeeze_trivial_4d(reader)
     dimension = 3 if squeeze else reader.GetDimension()
     size, spacing, origin = reader.GetSize(), reader.GetSpacing(), reader.GetOrigin()
@@ -221,7 +238,7 @@ def _read_image_file(path: Path, limits: ImageLimits) -> LoadedImage:
         image = reader.Execute()
     except RuntimeError as error:
         raise UserInputError(
-            f"{name}: cannot read the voxel data, truncated or corrupt? ({_first_line(error)})"
+            f"{name}: cannot read the voxel data, truncated or corrupt? ({_first_line(error, path.parent)})"
         ) from None
     if squeeze:
         image = sitk.Extract(image, [*image.GetSize()[:3], 0], [0, 0, 0, 0])
@@ -249,7 +266,9 @@ def _find_series(folder: Path, name: str, limits: ImageLimits) -> list[_Series]:
     series: list[_Series] = []
     directories = [folder, *sorted(p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink())]
     for directory in directories:
-        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)):
+        with _itk_warnings_hidden():
+            uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory))
+        for uid in uids:
             files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), uid))
             if len(files) > limits.max_dicom_files:
                 raise UserInputError(f"{name}: series {uid} has {len(files)} files (limit {limits.max_dicom_files})")
@@ -296,7 +315,7 @@ def _read_dicom_folder(folder: Path, name: str, series_uid: str | None, limits: 
         first.SetFileName(selected.files[0])
         first.ReadImageInformation()
     except RuntimeError as error:
-        raise UserInputError(f"{name}: cannot read DICOM header ({_first_line(error)})") from None
+        raise UserInputError(f"{name}: cannot read DICOM header ({_first_line(error, folder)})") from None
     columns, rows = first.GetSize()[:2]
     size = (columns, rows, len(selected.files))
     voxels = int(np.prod(np.array(size, dtype=np.float64)))
@@ -307,7 +326,7 @@ def _read_dicom_folder(folder: Path, name: str, series_uid: str | None, limits: 
     try:
         image = reader.Execute()
     except RuntimeError as error:
-        raise UserInputError(f"{name}: cannot read the DICOM series ({_first_line(error)})") from None
+        raise UserInputError(f"{name}: cannot read the DICOM series ({_first_line(error, folder)})") from None
     _validate_image(name, image, limits)
     return LoadedImage(image=_to_ct_pixel_type(name, image), source=name, series_uid=selected.uid or None, note=note)
 

@@ -50,6 +50,8 @@ class Job:
     segmentation: bool
     read_s: float
     image: LoadedImage | None  # released once the job has run
+    include_absent: bool = False
+    organs: list[str] | None = None  # None: every organ of the model
     status: JobStatus = "queued"
     stage: str = "queued"
     progress: float = 0.0
@@ -108,12 +110,29 @@ class JobQueue:
         self._worker.start()
 
     # -- the API used by the server -------------------------------------------------------------------------
-    def submit(self, image: LoadedImage, *, top_k: int = 3, segmentation: bool = False, read_s: float = 0.0) -> Job:
+    def submit(
+        self,
+        image: LoadedImage,
+        *,
+        top_k: int = 3,
+        segmentation: bool = False,
+        read_s: float = 0.0,
+        include_absent: bool = False,
+        organs: list[str] | None = None,
+    ) -> Job:
         """Queue a detection; raises :class:`QueueFull` when ``queue_limit`` jobs are already waiting."""
         with self._condition:
             self._purge_expired()
             self.check_capacity()
-            job = Job(id=uuid.uuid4().hex, top_k=top_k, segmentation=segmentation, read_s=read_s, image=image)
+            job = Job(
+                id=uuid.uuid4().hex,
+                top_k=top_k,
+                segmentation=segmentation,
+                read_s=read_s,
+                image=image,
+                include_absent=include_absent,
+                organs=organs,
+            )
             self._jobs[job.id] = job
             self._waiting.append(job)
             self._condition.notify_all()
@@ -136,6 +155,12 @@ class JobQueue:
             self._purge_expired()
             return self._jobs[job_id]
 
+    def all_jobs(self) -> list[Job]:
+        """Every job still known (queued, running, finished within the TTL), oldest first."""
+        with self._condition:
+            self._purge_expired()
+            return list(self._jobs.values())
+
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one is removed at once, a running one stops at its next stage boundary."""
         with self._condition:
@@ -143,11 +168,13 @@ class JobQueue:
             self._cancel(job)
             return job
 
-    def cancel_all(self) -> None:
-        """Cancel every queued and the running job."""
+    def cancel_all(self) -> int:
+        """Cancel every queued and the running job; returns how many were cancelled."""
         with self._condition:
-            for job in [*self._waiting, *([self._running] if self._running else [])]:
+            unfinished = [job for job in [*self._waiting, self._running] if job and job.status not in FINISHED]
+            for job in unfinished:
                 self._cancel(job)
+            return len(unfinished)
 
     def shutdown(self) -> None:
         """Refuse new jobs, cancel every queued and running job and stop the worker."""
@@ -224,6 +251,8 @@ class JobQueue:
                 progress=report,
                 cancel=job.cancel_event,
                 read_s=job.read_s,
+                include_absent=job.include_absent,
+                organs=job.organs,
             )
         except JobCancelled:
             outcome: Outcome = CANCELLED

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import logging
 import os
 import secrets
 import signal
 import socket
 import sys
-import threading
 from pathlib import Path
 
 from organdetr.errors import UserInputError
@@ -35,11 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tokens = parser.add_mutually_exclusive_group()
     tokens.add_argument("--token", help="bearer token clients must send (visible in the process list: prefer a file)")
     tokens.add_argument("--token-file", type=Path, help="file whose first line is the bearer token")
-    parser.add_argument("--model", default=None, help="shipped model name or checkpoint folder (default: shipped)")
+    parser.add_argument(
+        "--model", default=None, help="installed model name or checkpoint folder (default: the shipped model)"
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="upload size limit")
     parser.add_argument("--queue-limit", type=int, default=DEFAULT_QUEUE_LIMIT, help="jobs waiting before 503")
-    parser.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="info adds an access log on stderr (client, method, path, status, seconds; never tokens or file names)",
+    )
 
 
 def resolve_token(token: str | None, token_file: Path | None) -> tuple[str, str]:
@@ -92,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .predictor import Predictor
-    from .server import ServerSettings, create_app
+    from .server import ServerSettings, ServiceServer, create_app
 
     if args.max_upload_mb <= 0 or args.queue_limit < 1:
         raise UserInputError("--max-upload-mb must be positive and --queue-limit at least 1")
@@ -115,30 +122,26 @@ def run(args: argparse.Namespace) -> int:
         )
     predictor = Predictor(args.model, args.device)
     app = create_app(settings, predictor)
-
-    class Server(uvicorn.Server):
-        """Announces readiness on stdout and cancels jobs as soon as a shutdown signal arrives."""
-
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets)
-            if not self.should_exit:
-                print(ready_line(sock, token, token_source), flush=True)
-
-        def handle_exit(self, sig: int, frame) -> None:
-            jobs = getattr(app.state, "jobs", None)
-            if jobs is not None:  # not inside the signal handler: it may interrupt a thread holding the queue lock
-                threading.Thread(target=jobs.cancel_all, name="organdetr-cancel").start()
-            super().handle_exit(sig, frame)
-
     config = uvicorn.Config(
         app,
         log_level=args.log_level,
+        access_log=False,  # uvicorn's goes to stdout (the ready line's channel) with query strings; ours: stderr
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
         server_header=False,
     )
+    log_to_stderr(args.log_level)
     # uvicorn re-raises the caught signal after its graceful shutdown; these handlers make that a clean exit 0.
     for handled in (signal.SIGTERM, signal.SIGINT):
         signal.signal(handled, lambda *_: None)
-    Server(config).run(sockets=[sock])
+    ServiceServer(config, app, ready_line(sock, token, token_source)).run(sockets=[sock])
     sys.stdout.flush()
     return 0
+
+
+def log_to_stderr(level: str) -> None:
+    """The service's own messages (access log at info, job failures, shutdown) as ``organdetr serve:`` lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("organdetr serve: %(levelname)s: %(message)s"))
+    package_logger = logging.getLogger("organdetr_backend")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(level.upper())
