@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 from monai.data.box_utils import box_giou
+from organdetr import matcher as matcher_module
 from organdetr.config import MatcherConfig
 from organdetr.matcher import DenseQueryMatcher, positives_per_target, time_matching
 from scipy.optimize import linear_sum_assignment
@@ -116,11 +117,32 @@ def test_empty_targets_give_empty_matches(make_outputs) -> None:
         assert query_idx.numel() == target_idx.numel() == 0
 
 
-def test_matcher_records_its_time(make_outputs, make_targets) -> None:
+class FakeClock:
+    """Stands in for ``time`` in the matcher module: the time moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_matcher_records_its_time(make_outputs, make_targets, monkeypatch) -> None:
+    """Matchings that take 20 s (the warm-up), 2 s, 16 s and 6 s: the median of the timed ones is 6 s (the mean
+    would be 8 s, with the warm-up 11 s), and the matcher's own total counts all four."""
+    clock = FakeClock()
+    monkeypatch.setattr(matcher_module, "time", clock)
     matcher = DenseQueryMatcher(MatcherConfig())
+    seconds_per_item = iter([10.0, 10.0, 1.0, 1.0, 8.0, 8.0, 3.0, 3.0])  # two batch items per matching
+    real_cost_matrix = matcher.cost_matrix
+
+    def slow_cost_matrix(*args):
+        clock.now += next(seconds_per_item)
+        return real_cost_matrix(*args)
+
+    monkeypatch.setattr(matcher, "cost_matrix", slow_cost_matrix)
     seconds = time_matching(matcher, make_outputs(2, 60, 7), make_targets([7, 5], 7), repeats=3)
-    assert seconds > 0
-    assert matcher.calls == 4  # warm-up + 3 timed
-    assert matcher.elapsed_seconds >= seconds  # the sum of all calls includes the median one
+    assert seconds == 6.0
+    assert (matcher.calls, matcher.elapsed_seconds) == (4, 20.0 + 2.0 + 16.0 + 6.0)
     matcher.reset_timing()
     assert (matcher.calls, matcher.elapsed_seconds) == (0, 0.0)
