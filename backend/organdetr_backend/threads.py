@@ -33,18 +33,24 @@ def use_passive_waiting() -> None:
     os.environ.setdefault(WAIT_POLICY_ENV, PASSIVE_WAITING)
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS reports it)."""
+def _usable_cpus() -> list[int]:
+    """The CPUs this process may run on (its CPU affinity where the OS reports it)."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def usable_cores() -> int:
+    """How many CPUs this process may run on."""
+    return len(_usable_cpus())
 
 
 def busy_cores() -> float:
-    """How many cores other programs keep busy now (this process is idle while it measures)."""
+    """How many of this process's usable cores other programs keep busy now (this process idles meanwhile)."""
     import psutil
 
-    return psutil.cpu_percent(interval=CPU_SAMPLE_S) / 100.0 * (psutil.cpu_count() or 1)
+    per_cpu = psutil.cpu_percent(interval=CPU_SAMPLE_S, percpu=True)
+    return sum(per_cpu[cpu] for cpu in _usable_cpus() if cpu < len(per_cpu)) / 100.0
 
 
 def free_cores(cores: int, busy: float) -> int:
