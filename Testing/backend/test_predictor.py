@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from organdetr.config import PreprocessConfig
-from organdetr.errors import UserInputError
+from organdetr.errors import NotAPatientCTError, UserInputError
 from organdetr.preprocess import preprocess_image, preprocess_label
 from organdetr_backend.image_io import LoadedImage, read_image
 from organdetr_backend.predictor import STAGE_PROGRESS, JobCancelled, Predictor, network_grid_to_image
@@ -30,7 +30,9 @@ def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
 def test_predict_returns_a_valid_result(tiny_predictor: Predictor, tiny_checkpoint, small_abdomen_ct) -> None:
     loaded = read_image(small_abdomen_ct)
     stages: list[tuple[str, float]] = []
-    prediction = tiny_predictor.predict(loaded, top_k=3, progress=lambda s, f: stages.append((s, f)), read_s=0.25)
+    prediction = tiny_predictor.predict(
+        loaded, top_k=3, progress=lambda s, f: stages.append((s, f)), read_s=0.25, include_absent=True
+    )
     result = prediction.result
 
     document = json.loads(result.model_dump_json())
@@ -50,8 +52,15 @@ def test_predict_returns_a_valid_result(tiny_predictor: Predictor, tiny_checkpoi
     assert min(timing.preprocess_s, timing.network_s, timing.decode_s) >= 0
     assert timing.total_s == pytest.approx(timing.read_s + timing.preprocess_s + timing.network_s + timing.decode_s)
 
-    # One detection per organ, labelled by class id = label value, with top_k - 1 candidates inside the image.
+    # One detection per organ (absent ones included on request), labelled by class id = label value, with
+    # top_k - 1 candidates inside the image; the absent list holds exactly the organs below the threshold.
     assert [d.class_id for d in result.detections] == list(range(1, len(tiny_predictor.config.class_names) + 1))
+    threshold = tiny_predictor.config.presence.threshold
+    assert result.presence_threshold == threshold
+    assert all(d.present == (d.presence >= threshold) for d in result.detections)
+    assert [(a.label, a.presence) for a in result.absent] == [
+        (d.label, d.presence) for d in result.detections if not d.present
+    ]
     assert [d.label for d in result.detections] == list(tiny_predictor.config.class_names)
     size = np.asarray(loaded.image.GetSize())
     for detection in result.detections:
@@ -140,9 +149,44 @@ def test_unknown_model_folder_is_a_user_error(tmp_path) -> None:
 
 def test_predict_accepts_any_loaded_volume(tiny_predictor: Predictor) -> None:
     """A volume built in memory (no file) goes through the same path."""
-    image = sitk.GetImageFromArray(np.full((20, 24, 16), -500, dtype=np.int16))
+    values = np.random.default_rng(0).integers(-1000, 1000, size=(20, 24, 16)).astype(np.int16)
+    image = sitk.GetImageFromArray(values)
     image.SetSpacing((1.5, 1.0, 2.0))
-    result = tiny_predictor.predict(LoadedImage(image=image, source="memory"), top_k=1).result
+    result = tiny_predictor.predict(LoadedImage(image=image, source="memory"), top_k=1, include_absent=True).result
     assert result.image.source == "memory"
     assert len(result.detections) == len(tiny_predictor.config.class_names)
     assert all(d.candidates == [] for d in result.detections)
+
+
+def test_absent_organs_leave_the_detections_unless_requested(tiny_predictor: Predictor, small_abdomen_ct) -> None:
+    loaded = read_image(small_abdomen_ct)
+    everything = tiny_predictor.predict(loaded, top_k=1, include_absent=True).result
+    default = tiny_predictor.predict(loaded, top_k=1).result
+    assert [d.label for d in default.detections] == [d.label for d in everything.detections if d.present]
+    assert default.absent == everything.absent
+    assert all(d.present for d in default.detections)
+
+
+def test_organ_subset_and_unknown_organs(tiny_predictor: Predictor, small_abdomen_ct) -> None:
+    loaded = read_image(small_abdomen_ct)
+    result = tiny_predictor.predict(loaded, top_k=1, include_absent=True, organs=["Mandible", "Brainstem"]).result
+    assert [d.label for d in result.detections] == ["Brainstem", "Mandible"]  # model order, not request order
+    with pytest.raises(UserInputError, match=r"unknown organ.*Liver.*this model detects Brainstem"):
+        tiny_predictor.predict(loaded, organs=["Liver"])
+    with pytest.raises(UserInputError, match="no organ named"):
+        tiny_predictor.predict(loaded, organs=[])
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (np.full((20, 24, 16), np.nan, dtype=np.float32), "NaN or infinite"),
+        (np.full((20, 24, 16), -500, dtype=np.int16), "constant volume"),
+        (np.linspace(2000, 3000, 20 * 24 * 16).reshape(20, 24, 16).astype(np.float32), "no tissue values"),
+        (np.linspace(-1024, -900, 20 * 24 * 16).reshape(20, 24, 16).astype(np.float32), "no tissue values"),
+    ],
+)
+def test_what_is_not_a_ct_of_a_person_is_refused(tiny_predictor: Predictor, values, message) -> None:
+    image = sitk.GetImageFromArray(values)
+    with pytest.raises(NotAPatientCTError, match=message):
+        tiny_predictor.predict(LoadedImage(image=image, source="memory"))

@@ -8,6 +8,8 @@ half an original voxel, for every orientation and for windows smaller and larger
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -72,7 +74,7 @@ def test_window_boxes_land_on_label_boxes(cases, case_name, window_kind):  # noq
     if window_kind == "larger than the volume":
         assert checked == organs
     else:
-        assert len(checked) >= len(organs) // 2, (checked, organs)  # the others span two windows
+        assert len(checked) >= min(5, len(organs)), (checked, organs)  # the others span two windows
 
 
 def test_windows_tile_the_volume_edge_to_edge():
@@ -80,7 +82,7 @@ def test_windows_tile_the_volume_edge_to_edge():
     assert axis_starts(128, 128, 0.25) == [0]
     starts = axis_starts(300, 128, 0.25)
     assert starts[0] == 0 and starts[-1] + 128 == 300
-    assert all(0 < b - a <= 96 for a, b in zip(starts, starts[1:], strict=False))  # overlap >= 25 %
+    assert all(0 < b - a <= 96 for a, b in itertools.pairwise(starts))  # overlap >= 25 %
 
 
 def test_window_extract_pads_with_air_and_adds_back_in_place():

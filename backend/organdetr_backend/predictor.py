@@ -18,13 +18,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from organdetr.checkpoint import load_checkpoint
-from organdetr.errors import UserInputError
 from organdetr.inference import InferenceOutput, run_detector, select_device
 from organdetr.preprocess import PreprocessedVolume, index_to_physical_matrix, preprocess_image
 
 from .ct_content import check_ct_content
 from .geometry import network_box_to_image
 from .image_io import LoadedImage, image_info
+from .organ_selection import check_organ_names
 from .schema import AbsentOrgan, Candidate, Detection, DetectionResult, ModelInfo, Timing
 
 ProgressCallback = Callable[[str, float], None]
@@ -207,11 +207,7 @@ class Predictor:
         classes = list(self.config.class_names)
         if organs is None:
             return set(classes)
-        unknown = [name for name in organs if name not in classes]
-        if unknown:
-            raise UserInputError(f"unknown organ(s) {', '.join(unknown)}; this model detects {', '.join(classes)}")
-        if not organs:
-            raise UserInputError(f"no organ selected; this model detects {', '.join(classes)}")
+        check_organ_names(organs, classes)
         return set(organs)
 
     def _detections(
