@@ -1,0 +1,45 @@
+"""The shipped model says which organs are in a scan: bundled scans cut as radiologists' scans end.
+
+OpenKBP pt_201 (a validation case) whole, cut below the head and cut above the larynx (``Testing/presence_cuts.py``
+makes the cuts from the case's own label map), and an upper-abdomen slab where no head-and-neck organ exists.
+"""
+
+from __future__ import annotations
+
+import pytest
+import SimpleITK as sitk
+from organdetr_backend.image_io import LoadedImage, read_image
+from organdetr_backend.predictor import Predictor
+from presence_cuts import CUTS, cut_case, presence_truth
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Predictor:
+    return Predictor(None, device="cpu")
+
+
+def _judged_present(predictor: Predictor, image: sitk.Image) -> dict[str, bool]:
+    result = predictor.predict(LoadedImage(image=image, source="test"), top_k=1, include_absent=True).result
+    assert {a.label for a in result.absent} == {d.label for d in result.detections if not d.present}
+    return {d.label: d.present for d in result.detections}
+
+
+@pytest.mark.parametrize("cut", CUTS)
+def test_organs_of_a_cut_head_and_neck_scan(shipped, head_neck_case, cut):
+    ct_path, label_path = head_neck_case
+    image, label = sitk.ReadImage(str(ct_path)), sitk.ReadImage(str(label_path))
+    names = shipped.config.class_names
+    cut_image, cut_label = cut_case(image, label, cut, names)
+    truth = {organ: present for organ, present in presence_truth(label, cut_label, names, names).items()}
+    judged = _judged_present(shipped, cut_image)
+    wrong = {
+        organ: judged[organ] for organ, present in truth.items() if present is not None and judged[organ] != present
+    }
+    assert not wrong, f"{cut}: truth {truth}, judged {judged}"
+
+
+def test_no_head_and_neck_organ_in_an_abdominal_scan(shipped, small_abdomen_ct):
+    judged = _judged_present(shipped, read_image(small_abdomen_ct).image)
+    # The slab holds the lumbar spinal cord (TotalSegmentator labels it), so SpinalCord may be reported.
+    reported = [organ for organ, present in judged.items() if present and organ != "SpinalCord"]
+    assert not reported
