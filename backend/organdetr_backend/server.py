@@ -4,7 +4,10 @@ Every endpoint but ``/v1/health`` needs ``Authorization: Bearer <token>`` (compa
 checked before any upload byte is read. Uploads stream to a private temporary folder with the size limit enforced
 while they arrive; the image is validated by :mod:`organdetr_backend.image_io` before it is queued, so bad input is
 answered with a 4xx JSON error at once. ``/v1/detect`` goes through the same job queue as ``/v1/jobs``, so there is
-one inference at a time per device. Errors are ``{"error": {"code": str, "message": str}}``.
+one inference at a time per device. Errors are ``{"error": {"code": str, "message": str}}`` and never name a
+server file. ``/openapi.json`` describes the uploads and the bearer scheme, and ``/docs`` serves Swagger UI from
+assets installed with the package (an offline hospital network has no CDN). At log level info every request is
+logged on stderr without tokens, query strings or file names.
 """
 
 from __future__ import annotations
