@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from .model_catalog import installed_models
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the list as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    from .model_catalog import installed_models  # imports torch (through organdetr.checkpoint)
+
     models = installed_models()
     if args.json:
         listing = [
