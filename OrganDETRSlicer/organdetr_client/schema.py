@@ -18,6 +18,7 @@ Vector3 = tuple[float, float, float]
 Index3 = tuple[int, int, int]
 Matrix3 = Annotated[list[float], Field(min_length=9, max_length=9)]
 Source = Literal["model", "edited", "manual"]
+BoxSource = Literal["query", "segmentation"]
 
 
 class _Strict(BaseModel):
@@ -70,6 +71,10 @@ class Detection(_Strict):
     box: PhysicalBox
     voxel_bounds: Optional[VoxelBounds] = None
     source: Source = "model"
+    box_source: BoxSource = Field(
+        default="query",
+        description="where the model's box came from: its best query, or the segmented organ that refined it",
+    )
     candidates: list[Candidate] = Field(default_factory=list)
 
 

@@ -106,13 +106,7 @@ def test_shipped_default_model_finds_every_organ_of_the_bundled_ct(head_neck_cas
     preprocess = shipped.config.preprocess
     volume = preprocess_image(sitk.ReadImage(str(ct_path)), preprocess)
     classes, boxes = boxes_from_label_map(preprocess_label(sitk.ReadImage(str(label_path)), preprocess).numpy(), 7)
-    organs = run_detector(
-        shipped.model,
-        volume,
-        torch.device("cpu"),
-        window=preprocess.spatial_size,
-        window_overlap=preprocess.window_overlap,
-    ).organs
+    organs = run_detector(shipped.model, volume, torch.device("cpu"), shipped.config).organs
     ious = {
         shipped.config.class_names[organ.class_index]: float(
             pairwise_iou(organ.box[None], boxes[classes == organ.class_index])[0, 0]

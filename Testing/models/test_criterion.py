@@ -167,3 +167,32 @@ def test_loss_decreases_when_training_the_real_network(tiny_config, head_neck_vo
         optimizer.step()
     after = evaluation_loss()
     assert after < 0.9 * before, (before, after)
+
+
+def test_quality_loss_targets_the_matched_box_iou_by_hand() -> None:
+    outputs, targets = tiny_case([True, True, True])
+    outputs["pred_quality"] = torch.tensor([[0.4, -3.0]], requires_grad=True)
+    losses = one_to_one_criterion()(outputs, targets)
+    # Only the matched query 0 is trained, towards its IoU 0.6 (binary cross-entropy with a soft target).
+    p = 1.0 / (1.0 + math.exp(-0.4))
+    expected = -(0.6 * math.log(p) + 0.4 * math.log(1.0 - p))
+    assert losses["loss_quality"].item() == pytest.approx(expected, abs=1e-4)
+    losses["loss_quality"].backward()
+    assert outputs["pred_quality"].grad[0, 1] == 0  # the unmatched query's quality is not trained
+    assert outputs["pred_quality"].grad[0, 0] == pytest.approx(p - 0.6, abs=1e-4)
+
+
+def test_segmentation_branch_loss_is_weighted_into_the_total(make_outputs) -> None:
+    outputs = make_outputs(1, 4, NUM_CLASSES)
+    label_map = torch.zeros(8, 8, 8, dtype=torch.long)
+    label_map[2:5, 2:6, 3:5] = 1
+    outputs["seg_full_logits"] = torch.randn(1, NUM_CLASSES + 1, 8, 8, 8)
+    labels, boxes = boxes_from_label_map(label_map, NUM_CLASSES)
+    target = {"labels": labels, "boxes": boxes, "annotated": torch.tensor([True, False, True]), "label_map": label_map}
+    criterion = one_to_one_criterion(weight_seg_branch=3.0)
+    losses = criterion(outputs, [target])
+    assert losses["loss_seg_branch"].item() == pytest.approx(
+        criterion.loss_seg([outputs["seg_full_logits"]], [target]).item()
+    )
+    detection = sum(criterion.weights[name] * losses[name] for name in ("loss_class", "loss_bbox", "loss_giou"))
+    assert losses["loss"].item() == pytest.approx((detection + 3.0 * losses["loss_seg_branch"]).item(), rel=1e-6)

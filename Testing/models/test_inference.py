@@ -13,7 +13,7 @@ def test_run_detector_on_a_real_ct(tiny_config, head_neck_volume) -> None:
     volume, _ = head_neck_volume
     torch.manual_seed(0)
     model = build_model(tiny_config.model).train()
-    result = run_detector(model, volume, torch.device("cpu"), top_k=2, segmentation=True)
+    result = run_detector(model, volume, torch.device("cpu"), tiny_config, top_k=2, segmentation=True)
     assert model.training  # mode restored for training loops that validate with this path
     assert [organ.class_index for organ in result.organs] == list(range(tiny_config.model.num_classes))
     for organ in result.organs:
@@ -23,7 +23,7 @@ def test_run_detector_on_a_real_ct(tiny_config, head_neck_volume) -> None:
     assert result.segmentation.shape == volume.network_shape and result.segmentation.dtype == torch.long
     assert int(result.segmentation.min()) >= 0 and int(result.segmentation.max()) <= tiny_config.model.num_classes
     # Eval mode is deterministic: the same volume gives the same detections.
-    again = run_detector(model, volume, torch.device("cpu"), top_k=2)
+    again = run_detector(model, volume, torch.device("cpu"), tiny_config, top_k=2)
     assert again.segmentation is None
     assert all(torch.equal(a.box, b.box) for a, b in zip(result.organs, again.organs, strict=True))
 
@@ -32,7 +32,7 @@ def test_segmentation_requires_heads(tiny_config, head_neck_volume) -> None:
     tiny_config.model.segmentation_heads = False
     model = build_model(tiny_config.model)
     with pytest.raises(UserInputError, match="no segmentation heads"):
-        run_detector(model, head_neck_volume[0], torch.device("cpu"), segmentation=True)
+        run_detector(model, head_neck_volume[0], torch.device("cpu"), tiny_config, segmentation=True)
 
 
 def test_select_device() -> None:

@@ -6,7 +6,14 @@ import dataclasses
 
 import pytest
 import torch
-from organdetr.config import BackboneConfig, DecoderConfig, ModelConfig, MSAConfig, preset_config
+from organdetr.config import (
+    BackboneConfig,
+    DecoderConfig,
+    ModelConfig,
+    MSAConfig,
+    SegmentationBranchConfig,
+    preset_config,
+)
 from organdetr.deformable_attention import MultiScaleDeformableAttention3D, multi_scale_deformable_sampling
 from organdetr.msa import MultiScaleAttentionEncoder
 from organdetr.organ_detr import OrganDETR, build_model
@@ -20,9 +27,12 @@ def _small() -> ModelConfig:
 def _random_loss(outputs: dict, generator: torch.Generator) -> torch.Tensor:
     """A loss touching every output with random weights (a plain sum can cancel through LayerNorm/softmax)."""
     tensors = [outputs["pred_logits"], outputs["pred_boxes"]]
-    for aux in outputs["aux_outputs"]:
-        tensors += [aux["pred_logits"], aux["pred_boxes"]]
+    for layer in [outputs, *outputs["aux_outputs"]]:
+        tensors += [layer["pred_logits"], layer["pred_boxes"]] + (
+            [layer["pred_quality"]] if "pred_quality" in layer else []
+        )
     tensors += outputs.get("seg_logits", [])
+    tensors += [outputs["seg_full_logits"]] if "seg_full_logits" in outputs else []
     return sum((t * torch.randn(t.shape, generator=generator)).sum() for t in tensors)
 
 
@@ -65,7 +75,7 @@ def test_paper_preset_shapes_at_small_input():
 
 @pytest.mark.parametrize(
     "variant",
-    ["small", "no_msa", "no_refine_with_encoder"],
+    ["small", "no_msa", "no_refine_with_encoder", "segmentation_branch_and_quality"],
 )
 def test_every_parameter_gets_a_gradient(variant):
     torch.manual_seed(0)
@@ -75,6 +85,10 @@ def test_every_parameter_gets_a_gradient(variant):
     elif variant == "no_refine_with_encoder":
         config = dataclasses.replace(
             config, decoder=dataclasses.replace(config.decoder, box_refine=False, num_encoder_layers=1)
+        )
+    elif variant == "segmentation_branch_and_quality":
+        config = dataclasses.replace(
+            config, segmentation_branch=SegmentationBranchConfig(enabled=True), quality_head=True
         )
     model = build_model(config).train()
     images = torch.randn(2, 1, 32, 32, 32)
@@ -256,3 +270,19 @@ def test_decoder_config_without_refinement_shares_box_head():
     config = dataclasses.replace(_small(), decoder=DecoderConfig(box_refine=False, num_layers=2))
     model = build_model(config)
     assert len(model.decoder.box_heads) == 1
+
+
+def test_segmentation_branch_and_quality_head_shapes():
+    torch.manual_seed(0)
+    config = dataclasses.replace(
+        _small(), segmentation_branch=SegmentationBranchConfig(enabled=True), quality_head=True
+    )
+    model = build_model(config).eval()
+    images = torch.randn(1, 1, 64, 32, 32)
+    with torch.no_grad():
+        outputs = model(images, return_segmentation=True)
+        plain = model(images)
+    assert outputs["seg_full_logits"].shape == (1, config.num_classes + 1, 64, 32, 32)  # the input grid
+    assert outputs["pred_quality"].shape == (1, config.decoder.num_queries)
+    assert all(aux["pred_quality"].shape == (1, config.decoder.num_queries) for aux in outputs["aux_outputs"])
+    assert "seg_full_logits" not in plain and "pred_quality" in plain

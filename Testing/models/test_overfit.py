@@ -83,7 +83,7 @@ def test_small_model_overfits_one_real_ct(head_neck_case) -> None:
     # Every organ survives the resize to the reduced grid, so the test covers all of them.
     assert run.target["labels"].tolist() == list(range(len(class_names)))
 
-    organs = run_detector(run.model, run.volume, torch.device("cpu")).organs
+    organs = run_detector(run.model, run.volume, torch.device("cpu"), run.config).organs
     assert [organ.class_index for organ in organs] == list(range(len(class_names)))
     predicted = torch.stack([organ.box for organ in organs])
     iou = pairwise_iou(predicted, run.target["boxes"])  # [predicted organ, ground-truth organ]

@@ -44,3 +44,19 @@ def test_top_k_larger_than_queries_and_invalid(make_outputs) -> None:
     assert all(len(organ.candidates) == 2 for organ in decode_detections(outputs, top_k=10)[0])
     with pytest.raises(ValueError, match="top_k"):
         decode_detections(outputs, top_k=0)
+
+
+def test_quality_head_reranks_queries_but_presence_stays_the_class_probability() -> None:
+    # Two queries for one class: query 0 is more probable, query 1's box is predicted far better.
+    outputs = {
+        "pred_logits": torch.tensor([[[2.0, 0.0], [1.5, 0.0]]]),
+        "pred_boxes": torch.tensor([[[0.5] * 6, [0.4] * 6]]),
+        "pred_quality": torch.tensor([[-3.0, 3.0]]),
+    }
+    (organ,) = decode_detections(outputs, top_k=2)[0]
+    probabilities = outputs["pred_logits"].softmax(-1)[0, :, 0]
+    quality = outputs["pred_quality"].sigmoid()[0]
+    assert torch.equal(organ.box, outputs["pred_boxes"][0, 1])
+    assert organ.score == pytest.approx(float(probabilities[1] * quality[1]))
+    assert organ.presence == pytest.approx(float(probabilities[1]))
+    assert organ.candidates[0][0] == pytest.approx(float(probabilities[0] * quality[0]))

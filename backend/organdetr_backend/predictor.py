@@ -165,13 +165,7 @@ class Predictor:
         enter("network")
         try:
             output = run_detector(
-                self.network,
-                volume,
-                self.device,
-                top_k=top_k,
-                segmentation=segmentation,
-                window=self.config.preprocess.spatial_size,
-                window_overlap=self.config.preprocess.window_overlap,
+                self.network, volume, self.device, self.config, top_k=top_k, segmentation=segmentation
             )
         except torch.cuda.OutOfMemoryError as error:
             torch.cuda.empty_cache()  # leave the device usable for the next, perhaps smaller, job
@@ -247,6 +241,7 @@ class Predictor:
                     score=organ.score,
                     presence=presence,
                     present=present,
+                    box_source=organ.box_source,
                     box=physical,
                     voxel_bounds=bounds,
                     candidates=candidates,

@@ -55,6 +55,7 @@ class FPNBackbone(nn.Module):
         if not config.out_stages or max(config.out_stages) >= len(config.stage_channels):
             raise ValueError(f"out_stages {config.out_stages} must index stage_channels {config.stage_channels}")
         self.out_stages = tuple(config.out_stages)
+        self.stride2_channels = config.stage_channels[0]
         # Laterals start at the finest requested level: finer stages only feed the encoder.
         self.first_lateral = min(self.out_stages)
         norm = _norm(config)
@@ -86,7 +87,8 @@ class FPNBackbone(nn.Module):
             }
         )
 
-    def forward(self, images: Tensor) -> list[Tensor]:
+    def forward(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Pyramid levels (finest first) and the stride-2 encoder features (skip of a segmentation decoder)."""
         features = []
         x = images
         for stage in self.stages:
@@ -102,7 +104,7 @@ class FPNBackbone(nn.Module):
             top_down = lateral
             if stage_index in self.out_stages:
                 pyramid[stage_index] = self.outputs[str(stage_index)](lateral)
-        return [pyramid[s] for s in sorted(self.out_stages)]
+        return [pyramid[s] for s in sorted(self.out_stages)], features[0]
 
 
 class ResNetFPNBackbone(nn.Module):
@@ -118,6 +120,7 @@ class ResNetFPNBackbone(nn.Module):
         )
         expansion = self.encoder.layer1[0].expansion
         stage_channels = [get_inplanes()[0]] + [c * expansion for c in get_inplanes()]
+        self.stride2_channels = stage_channels[0]
         self.first, self.last = min(self.out_stages), max(self.out_stages)
         # Layers deeper than the coarsest requested stage would get no gradient: skip them.
         for stage in range(self.last + 1, RESNET_STAGES):
@@ -128,15 +131,17 @@ class ResNetFPNBackbone(nn.Module):
             if stage not in self.out_stages:
                 self.fpn.layer_blocks[offset] = nn.Identity()
 
-    def forward(self, images: Tensor) -> list[Tensor]:
+    def forward(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Pyramid levels (finest first) and the stride-2 encoder features (conv1)."""
         features = self.encoder(images)
         named = {str(stage): features[stage] for stage in range(self.first, self.last + 1)}
         pyramid = self.fpn(named)
-        return [pyramid[str(stage)] for stage in self.out_stages]
+        return [pyramid[str(stage)] for stage in self.out_stages], features[0]
 
 
 def build_backbone(config: BackboneConfig) -> nn.Module:
-    """The configured backbone; its forward maps ``[B, C, D0, D1, D2]`` to a list of ``[B, F, d0, d1, d2]``."""
+    """The configured backbone; its forward maps ``[B, C, D0, D1, D2]`` to a list of ``[B, F, d0, d1, d2]`` (and the
+    stride-2 encoder features)."""
     if config.kind == "fpn":
         return FPNBackbone(config)
     if config.kind == "resnet":

@@ -75,6 +75,17 @@ class DecoderConfig:
 
 
 @dataclass
+class SegmentationBranchConfig:
+    """Full-resolution segmentation branch (Retina U-Net style): an upsampling decoder from the finest pyramid
+    level back to the input grid, with the stride-2 encoder stage and the image as skips. Its organs refine the
+    query boxes and make the segmentation preview."""
+
+    enabled: bool = False
+    # Channels of the decoder at stride 2 and at stride 1 (the input grid).
+    channels: tuple[int, int] = (16, 8)
+
+
+@dataclass
 class ModelConfig:
     """The network: backbone -> MSA encoder -> deformable decoder -> heads."""
 
@@ -83,6 +94,9 @@ class ModelConfig:
     msa: MSAConfig = field(default_factory=MSAConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     segmentation_heads: bool = True
+    segmentation_branch: SegmentationBranchConfig = field(default_factory=SegmentationBranchConfig)
+    # A head per query predicting the IoU of its box with the organ, so that scores rank boxes by quality.
+    quality_head: bool = False
 
 
 @dataclass
@@ -104,6 +118,8 @@ class LossConfig:
     weight_bbox: float = 5.0
     weight_giou: float = 2.0
     weight_seg: float = 2.0
+    weight_seg_branch: float = 2.0
+    weight_quality: float = 1.0
     background_class_weight: float = 1.0
     organ_class_weight: float = 10.0
     aux_loss: bool = True
@@ -135,6 +151,15 @@ class PresenceConfig:
     """When an organ counts as present in a scan (per-organ probability = best query's class probability)."""
 
     threshold: float = 0.5
+
+
+@dataclass
+class BoxRefinementConfig:
+    """Query boxes refined by the segmentation branch's components (:mod:`organdetr.box_refinement`)."""
+
+    enabled: bool = True  # only acts on models with a segmentation branch
+    min_iou: float = 0.1  # overlap of query box and component box needed to trust the component
+    min_voxels: int = 5  # smaller components are noise
 
 
 @dataclass
@@ -215,6 +240,7 @@ class DetectorConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     presence: PresenceConfig = field(default_factory=PresenceConfig)
+    refinement: BoxRefinementConfig = field(default_factory=BoxRefinementConfig)
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -266,10 +292,12 @@ _NESTED: dict[str, type] = {
     "MSAConfig": MSAConfig,
     "DecoderConfig": DecoderConfig,
     "ModelConfig": ModelConfig,
+    "SegmentationBranchConfig": SegmentationBranchConfig,
     "MatcherConfig": MatcherConfig,
     "LossConfig": LossConfig,
     "PreprocessConfig": PreprocessConfig,
     "PresenceConfig": PresenceConfig,
+    "BoxRefinementConfig": BoxRefinementConfig,
     "FieldOfViewConfig": FieldOfViewConfig,
     "AugmentConfig": AugmentConfig,
     "TrainConfig": TrainConfig,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
-from .box_ops import matched_giou
+from .box_ops import matched_giou, pairwise_iou
 from .config import LossConfig
 from .matcher import DenseQueryMatcher, MatchIndices
 
@@ -29,9 +29,9 @@ Target = dict[str, torch.Tensor]
 class SetCriterion(nn.Module):
     """Matches predictions to ground truths with a :class:`DenseQueryMatcher` and computes the weighted losses.
 
-    ``forward`` returns named scalar losses (``loss_class``, ``loss_bbox``, ``loss_giou``, ``loss_seg`` when a label
-    map and segmentation logits are available, ``<name>_aux{i}`` for auxiliary decoder layer ``i``) and ``loss``,
-    their weighted sum.
+    ``forward`` returns named scalar losses (``loss_class``, ``loss_bbox``, ``loss_giou``, ``loss_quality`` with a
+    quality head, ``loss_seg`` / ``loss_seg_branch`` when a label map and segmentation logits are available,
+    ``<name>_aux{i}`` for auxiliary decoder layer ``i``) and ``loss``, their weighted sum.
     """
 
     def __init__(self, num_classes: int, matcher: DenseQueryMatcher, config: LossConfig) -> None:
@@ -48,6 +48,8 @@ class SetCriterion(nn.Module):
             "loss_bbox": config.weight_bbox,
             "loss_giou": config.weight_giou,
             "loss_seg": config.weight_seg,
+            "loss_seg_branch": config.weight_seg_branch,
+            "loss_quality": config.weight_quality,
         }
 
     def annotated(self, target: Target, device: torch.device) -> torch.Tensor:
@@ -85,6 +87,21 @@ class SetCriterion(nn.Module):
             "loss_giou": (1 - matched_giou(pred, gt)).sum() / num_positives,
         }
 
+    def loss_quality(
+        self, quality: torch.Tensor, boxes: torch.Tensor, targets: list[Target], indices: list[MatchIndices]
+    ) -> torch.Tensor:
+        """Binary cross-entropy of each matched query's quality logit against its box's IoU with its organ.
+
+        The IoU target is computed from detached boxes: quality learns to judge a box, not to move it.
+        """
+        logits = torch.cat([quality[b, query_idx] for b, (query_idx, _) in enumerate(indices)]).float()
+        if logits.numel() == 0:
+            return quality.sum() * 0.0
+        pred = torch.cat([boxes[b, query_idx] for b, (query_idx, _) in enumerate(indices)]).detach().float()
+        gt = torch.cat([t["boxes"][target_idx] for t, (_, target_idx) in zip(targets, indices, strict=True)])
+        iou = pairwise_iou(pred, gt.to(device=pred.device, dtype=torch.float32)).diagonal()
+        return F.binary_cross_entropy_with_logits(logits, iou)
+
     def loss_seg(self, seg_logits: list[torch.Tensor], targets: list[Target]) -> torch.Tensor:
         """DiceCE per level and sample on ``[background + annotated organs]`` channels, averaged over both."""
         losses = []
@@ -109,6 +126,8 @@ class SetCriterion(nn.Module):
         num_positives = max(float(sum(q.numel() for q, _ in indices)), 1.0)
         losses = {"loss_class": self.loss_class(outputs["pred_logits"], targets, indices)}
         losses.update(self.loss_boxes(outputs["pred_boxes"], targets, indices, num_positives))
+        if "pred_quality" in outputs:
+            losses["loss_quality"] = self.loss_quality(outputs["pred_quality"], outputs["pred_boxes"], targets, indices)
         return losses
 
     def forward(self, outputs: dict[str, Any], targets: list[Target]) -> dict[str, torch.Tensor]:
@@ -117,7 +136,10 @@ class SetCriterion(nn.Module):
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
                 losses.update({f"{name}_aux{i}": value for name, value in self.detection_losses(aux, targets).items()})
         seg_logits = outputs.get("seg_logits")
-        if seg_logits and all(t.get("label_map") is not None for t in targets):
+        have_label_maps = all(t.get("label_map") is not None for t in targets)
+        if seg_logits and have_label_maps:
             losses["loss_seg"] = self.loss_seg(seg_logits, targets)
+        if "seg_full_logits" in outputs and have_label_maps:
+            losses["loss_seg_branch"] = self.loss_seg([outputs["seg_full_logits"]], targets)
         losses["loss"] = sum(self.weights[name.split("_aux")[0]] * value for name, value in losses.items())
         return losses

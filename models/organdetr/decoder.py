@@ -155,7 +155,7 @@ class DeformableDecoderLayer(nn.Module):
 class DeformableDecoder(nn.Module):
     """Object queries -> per-layer class logits ``[B, N, K+1]`` and sigmoid boxes ``[B, N, 6]``."""
 
-    def __init__(self, config: DecoderConfig, num_levels: int, num_classes: int) -> None:
+    def __init__(self, config: DecoderConfig, num_levels: int, num_classes: int, quality_head: bool = False) -> None:
         super().__init__()
         d_model = config.d_model
         self.box_refine = config.box_refine
@@ -165,6 +165,8 @@ class DeformableDecoder(nn.Module):
         self.class_head = nn.Linear(d_model, num_classes + 1)
         num_box_heads = config.num_layers if config.box_refine else 1
         self.box_heads = nn.ModuleList(MLP(d_model, d_model, BOX_VALUES, 3) for _ in range(num_box_heads))
+        # Logit of the IoU that each query's box has with its organ (IoU-aware scores).
+        self.quality_head = MLP(d_model, d_model, 1, 2) if quality_head else None
         self.reset_parameters(num_classes)
 
     def reset_parameters(self, num_classes: int) -> None:
@@ -198,7 +200,10 @@ class DeformableDecoder(nn.Module):
             else:
                 offset = inverse_sigmoid(reference)
             boxes = (delta + offset).sigmoid()
-            predictions.append({"pred_logits": self.class_head(target), "pred_boxes": boxes})
+            prediction = {"pred_logits": self.class_head(target), "pred_boxes": boxes}
+            if self.quality_head is not None:
+                prediction["pred_quality"] = self.quality_head(target)[..., 0]
+            predictions.append(prediction)
             if self.box_refine:
                 reference = boxes.detach()
         return predictions

@@ -60,14 +60,7 @@ def evaluate_cases(
     class_names = config.class_names
     images = []
     for case in tqdm(cases, desc="evaluate", unit="case", disable=not progress, leave=False):
-        output = run_detector(
-            model,
-            case.volume(),
-            device,
-            top_k=1,
-            window=config.preprocess.spatial_size,
-            window_overlap=config.preprocess.window_overlap,
-        )
+        output = run_detector(model, case.volume(), device, config, top_k=1)
         shape = case.label_map.shape
         gt_classes, gt_boxes = boxes_from_label_map(case.label_map, len(class_names), min_voxels=MIN_OBJECT_VOXELS)
         pred_boxes = torch.stack([organ.box for organ in output.organs]) if output.organs else torch.zeros(0, 6)

@@ -1,8 +1,9 @@
 """The single inference path of the detector, shared by the backend predictor and the evaluation.
 
 ``PreprocessedVolume -> network windows (organdetr.windows) -> network (inference mode; autocast on CUDA) -> one
-decoded box per organ class and window -> the best-supported window per organ`` and, on request, the segmentation of
-the finest segmentation head stitched over the windows on the volume's grid.
+decoded box per organ class and window -> the best-supported window per organ -> boxes refined by the segmentation
+branch (organdetr.box_refinement), when the network has one`` and, on request, the segmentation (the branch's, else
+the finest multiscale head's) stitched over the windows on the volume's grid.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .box_refinement import refine_boxes
+from .config import DetectorConfig
 from .errors import UserInputError
 from .postprocess import DecodedOrgan, decode_detections
 from .preprocess import PreprocessedVolume
@@ -30,6 +33,7 @@ class InferenceOutput:
 
     organs: list[DecodedOrgan]  # boxes normalised to the whole volume, one per class in class order
     presence: list[float]  # per class: its best probability in any window (the organ is in the scan somewhere)
+    query_boxes: list[torch.Tensor]  # per class: the chosen query's box before refinement
     segmentation: torch.Tensor | None  # LongTensor [D0, D1, D2] of label values on the network grid, CPU
 
 
@@ -72,46 +76,52 @@ def _window_organs(organs: list[DecodedOrgan], window: Window, shape: Sequence[i
     ]
 
 
-def _window_probabilities(seg_logits: list[torch.Tensor], window: Window) -> torch.Tensor:
-    """Finest segmentation head of one window -> class probabilities ``[C, *window.size]`` (CPU, float32)."""
-    probabilities = seg_logits[0].float().softmax(dim=1)
-    return F.interpolate(probabilities, size=window.size, mode="trilinear", align_corners=False)[0].cpu()
+def _window_probabilities(outputs: dict, window: Window) -> torch.Tensor:
+    """Segmentation of one window (the full-resolution branch, else the finest multiscale head) -> class
+    probabilities ``[C, *window.size]`` (CPU, float32)."""
+    logits = outputs.get("seg_full_logits")
+    if logits is None:
+        if not outputs.get("seg_logits"):
+            raise UserInputError("this model has no segmentation heads; run it without segmentation output")
+        logits = outputs["seg_logits"][0]
+    probabilities = logits.float().softmax(dim=1)
+    if tuple(probabilities.shape[2:]) != tuple(window.size):
+        probabilities = F.interpolate(probabilities, size=window.size, mode="trilinear", align_corners=False)
+    return probabilities[0].cpu()
 
 
 def run_detector(
     model: nn.Module,
     volume: PreprocessedVolume,
     device: torch.device,
+    config: DetectorConfig,
     top_k: int = 3,
     segmentation: bool = False,
-    window: Sequence[int] | None = None,
-    window_overlap: float = 0.25,
 ) -> InferenceOutput:
-    """Detect the organs of one preprocessed volume with ``model`` (already on ``device``).
+    """Detect the organs of one preprocessed volume with ``model`` (already on ``device``), as ``config`` says.
 
-    ``window`` is the network input size (the checkpoint's ``spatial_size``; None = the volume's own shape). Each
-    organ's detection comes from the window that supports it best: the highest probability, with a penalty for a box
-    that a window border inside the volume cuts off. The model is run in eval mode and its previous train/eval mode
-    is restored afterwards, so validation during training can use this same path.
+    The network sees windows of ``config.preprocess.spatial_size``. Each organ's detection comes from the window
+    that supports it best: the highest score, with a penalty for a box that a window border inside the volume cuts
+    off. A network with a segmentation branch always segments, and its components refine the boxes
+    (``config.refinement``). The model is run in eval mode and its previous train/eval mode is restored afterwards,
+    so validation during training can use this same path.
     """
     shape = volume.network_shape
-    windows = plan_windows(shape, tuple(window) if window is not None else shape, window_overlap)
+    windows = plan_windows(shape, config.preprocess.spatial_size, config.preprocess.window_overlap)
+    refine = config.refinement.enabled and config.model.segmentation_branch.enabled
+    want_segmentation = segmentation or refine
     was_training = model.training
     model.eval()
-    per_window: list[list[tuple[float, DecodedOrgan, float]]] = []  # per window, per class: (rank, organ, score)
+    per_window: list[list[tuple[float, DecodedOrgan]]] = []  # per window, per class: (rank, organ)
     seg_total = None
     try:
         for current in windows:
-            outputs = _forward(model, current.extract(volume.image), device, segmentation)
+            outputs = _forward(model, current.extract(volume.image), device, want_segmentation)
             organs = decode_detections(outputs, top_k=top_k)[0]
             ranks = [o.score - (CUT_SCORE_PENALTY if current.cuts_box(o.box, shape) else 0.0) for o in organs]
-            mapped = _window_organs(organs, current, shape)
-            per_window.append([(r, m, o.score) for r, m, o in zip(ranks, mapped, organs, strict=True)])
-            if segmentation:
-                seg_logits = outputs.get("seg_logits")
-                if not seg_logits:
-                    raise UserInputError("this model has no segmentation heads; run it without segmentation output")
-                window_probabilities = _window_probabilities(seg_logits, current)
+            per_window.append(list(zip(ranks, _window_organs(organs, current, shape), strict=True)))
+            if want_segmentation:
+                window_probabilities = _window_probabilities(outputs, current)
                 if seg_total is None:
                     seg_total = torch.zeros((window_probabilities.shape[0], *shape))
                 current.add_to_volume(seg_total, window_probabilities)
@@ -119,6 +129,11 @@ def run_detector(
         model.train(was_training)
     per_class = list(zip(*per_window, strict=True))
     organs = [max(views, key=lambda view: view[0])[1] for views in per_class]
-    presence = [max(view[2] for view in views) for views in per_class]
+    presence = [max(organ.presence for _, organ in views) for views in per_class]
+    query_boxes = [organ.box for organ in organs]
     labels = seg_total.argmax(dim=0) if seg_total is not None else None
-    return InferenceOutput(organs=organs, presence=presence, segmentation=labels)
+    if refine and labels is not None:
+        organs = refine_boxes(organs, labels, config.refinement)
+    return InferenceOutput(
+        organs=organs, presence=presence, query_boxes=query_boxes, segmentation=labels if segmentation else None
+    )

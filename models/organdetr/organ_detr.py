@@ -5,8 +5,12 @@
 * ``pred_logits`` ``[B, N, K+1]``: class logits, index ``K`` = no object;
 * ``pred_boxes`` ``[B, N, 6]``: sigmoid-normalised ``(c0, c1, c2, s0, s1, s2)`` in array-axis order;
 * ``aux_outputs``: the same two keys for every decoder layer but the last;
+* ``pred_quality`` (with ``ModelConfig.quality_head``) ``[B, N]``: logit of each box's predicted IoU, also per
+  auxiliary layer;
 * ``seg_logits`` (training, or ``return_segmentation=True``, when the config has segmentation heads): one
-  ``[B, K+1, d0, d1, d2]`` map per MSA output level, finest first (channel = label value, 0 = background).
+  ``[B, K+1, d0, d1, d2]`` map per MSA output level, finest first (channel = label value, 0 = background);
+* ``seg_full_logits`` (same condition, with ``ModelConfig.segmentation_branch.enabled``): ``[B, K+1, D0, D1, D2]``
+  on the input grid from :class:`SegmentationBranch`.
 
 With ``ModelConfig.msa.enabled = False`` the FPN levels go straight (1x1x1-projected to ``d_model`` when needed)
 to the decoder and the segmentation heads: the no-MSA baseline.
@@ -23,6 +27,7 @@ from .backbone import backbone_divisor, backbone_stride, build_backbone
 from .config import ModelConfig
 from .decoder import DeformableDecoder, DeformableEncoder
 from .msa import MultiScaleAttentionEncoder
+from .segmentation_branch import SegmentationBranch
 
 
 def _lcm(values: list[int]) -> int:
@@ -52,10 +57,21 @@ class OrganDETR(nn.Module):
                 for _ in range(num_levels)
             )
         self.encoder = DeformableEncoder(config.decoder, num_levels) if config.decoder.num_encoder_layers > 0 else None
-        self.decoder = DeformableDecoder(config.decoder, num_levels, config.num_classes)
+        self.decoder = DeformableDecoder(config.decoder, num_levels, config.num_classes, config.quality_head)
         self.seg_heads = (
             nn.ModuleList(nn.Conv3d(d_model, config.num_classes + 1, 1) for _ in range(num_levels))
             if config.segmentation_heads
+            else None
+        )
+        self.seg_branch = (
+            SegmentationBranch(
+                fpn_channels,
+                self.backbone.stride2_channels,
+                config.backbone.in_channels,
+                config.num_classes,
+                config.segmentation_branch,
+            )
+            if config.segmentation_branch.enabled
             else None
         )
 
@@ -82,7 +98,7 @@ class OrganDETR(nn.Module):
         if images.dim() != 5:
             raise ValueError(f"expected images [B, C, D0, D1, D2], got shape {tuple(images.shape)}")
         self.check_input_size(tuple(images.shape[2:]))
-        features = self.backbone(images)
+        features, stride2 = self.backbone(images)
         if self.msa is not None:
             levels = self.msa(features)
         else:
@@ -97,6 +113,8 @@ class OrganDETR(nn.Module):
         want_segmentation = self.training if return_segmentation is None else return_segmentation
         if want_segmentation and self.seg_heads is not None:
             outputs["seg_logits"] = [head(level) for head, level in zip(self.seg_heads, levels, strict=True)]
+        if want_segmentation and self.seg_branch is not None:
+            outputs["seg_full_logits"] = self.seg_branch(features[0], stride2, images)
         return outputs
 
     @staticmethod

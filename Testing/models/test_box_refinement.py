@@ -1,0 +1,48 @@
+"""Query boxes refined by segmented components: the overlapping component wins, no support keeps the query."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from organdetr.box_ops import corners_to_center_size
+from organdetr.box_refinement import component_boxes, refine_boxes
+from organdetr.config import BoxRefinementConfig
+from organdetr.postprocess import DecodedOrgan
+
+
+def _box(lo, hi, shape=(20, 20, 20)) -> torch.Tensor:
+    size = torch.tensor(shape, dtype=torch.float32)
+    return corners_to_center_size(torch.cat([torch.tensor(lo) / size, torch.tensor(hi) / size])[None].float())[0]
+
+
+@pytest.fixture
+def label_map() -> torch.Tensor:
+    labels = torch.zeros(20, 20, 20, dtype=torch.long)
+    labels[2:6, 3:8, 4:9] = 1  # organ 1, the component near its query
+    labels[14:18, 14:18, 14:18] = 1  # organ 1 again, a false component far away
+    labels[10:11, 10:11, 10:12] = 2  # organ 2: a 2-voxel speck, below min_voxels
+    return labels
+
+
+def test_component_boxes_are_voxel_edge_boxes(label_map):
+    boxes = component_boxes(label_map.numpy(), 1, min_voxels=5)
+    expected = torch.stack([_box([2, 3, 4], [6, 8, 9]), _box([14, 14, 14], [18, 18, 18])])
+    torch.testing.assert_close(boxes, expected)
+    assert len(component_boxes(label_map.numpy(), 2, min_voxels=5)) == 0
+
+
+def test_refinement_takes_the_overlapping_component_or_keeps_the_query(label_map):
+    near = DecodedOrgan(class_index=0, score=0.9, box=_box([1, 3, 4], [7, 9, 9]), presence=0.9)
+    speck = DecodedOrgan(class_index=1, score=0.8, box=_box([9, 9, 9], [12, 12, 13]), presence=0.8)
+    nowhere = DecodedOrgan(class_index=2, score=0.7, box=_box([0, 0, 0], [3, 3, 3]), presence=0.7)
+    refined = refine_boxes([near, speck, nowhere], label_map, BoxRefinementConfig())
+    torch.testing.assert_close(refined[0].box, _box([2, 3, 4], [6, 8, 9]))
+    assert [o.box_source for o in refined] == ["segmentation", "query", "query"]
+    assert torch.equal(refined[1].box, speck.box) and torch.equal(refined[2].box, nowhere.box)
+    assert refined[0].presence == near.presence and refined[0].score == near.score
+
+
+def test_a_component_that_barely_overlaps_is_not_trusted(label_map):
+    far = DecodedOrgan(class_index=0, score=0.9, box=_box([5, 7, 8], [12, 12, 12]), presence=0.9)
+    (kept,) = refine_boxes([far], label_map, BoxRefinementConfig(min_iou=0.5))
+    assert kept.box_source == "query"

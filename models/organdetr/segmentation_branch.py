@@ -1,0 +1,56 @@
+"""Full-resolution segmentation branch (Retina U-Net style, as in nnDetection and Transoar).
+
+The multiscale heads of the paper segment at strides 4-16: too coarse to make a box precise. This branch decodes
+the finest pyramid level (stride 4) back to the input grid: upsample x2, join the stride-2 encoder features, conv;
+upsample x2, join the image itself, conv; a 1x1x1 classifier gives ``K + 1`` logits per input voxel (channel = label
+value, 0 = background). Its organs refine the query boxes (:mod:`organdetr.box_refinement`) and are the
+segmentation preview.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from torch import Tensor, nn
+
+from .config import SegmentationBranchConfig
+
+SPATIAL_DIMS = 3
+LEAKY_SLOPE = 0.01  # as the backbone's conv-norm-act units
+
+
+def _unit(in_channels: int, out_channels: int) -> Convolution:
+    return Convolution(
+        SPATIAL_DIMS,
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        norm=("instance", {"affine": True}),
+        act=("leakyrelu", {"negative_slope": LEAKY_SLOPE}),
+    )
+
+
+class SegmentationBranch(nn.Module):
+    """``(finest pyramid level [B, F, D/4], stride-2 features [B, S, D/2], image [B, C, D]) -> [B, K+1, D]``."""
+
+    def __init__(
+        self,
+        pyramid_channels: int,
+        stride2_channels: int,
+        image_channels: int,
+        num_classes: int,
+        config: SegmentationBranchConfig,
+    ) -> None:
+        super().__init__()
+        half, full = config.channels
+        self.to_half = _unit(pyramid_channels + stride2_channels, half)
+        self.to_full = _unit(half + image_channels, full)
+        self.classifier = nn.Conv3d(full, num_classes + 1, kernel_size=1)
+
+    def forward(self, finest: Tensor, stride2: Tensor, images: Tensor) -> Tensor:
+        x = F.interpolate(finest, size=stride2.shape[2:], mode="trilinear", align_corners=False)
+        x = self.to_half(torch.cat([x, stride2], dim=1))
+        x = F.interpolate(x, size=images.shape[2:], mode="trilinear", align_corners=False)
+        x = self.to_full(torch.cat([x, images], dim=1))
+        return self.classifier(x)
