@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("organdetr.train", "train a detector on an MSD-style dataset.json"),
     "evaluate": ("organdetr.evaluate", "evaluate a detector with COCO-style 3D metrics"),
     "models": ("organdetr_backend.models_command", "list the installed models and the names --model accepts"),
+    "xray": ("organdetr_backend.xray_command", "X-ray views of a CT; 3D organ boxes from 2D boxes in several views"),
 }
 
 
