@@ -87,3 +87,15 @@ def carve_boxes(
 ) -> np.ndarray:
     """Centre-size world boxes ``[organs, 6]`` from 2D boxes ``[views, organs, 4]`` (NaN where not carved)."""
     return np.stack([carve_box(cameras, boxes[:, k], region_low, region_high, config) for k in range(boxes.shape[1])])
+
+
+def field_of_view_cube(cameras: Sequence[Camera], isocenter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The world-axis cube around ``isocenter`` whose side is the narrowest detector field at the isocentre's depth:
+    the region every view can see, for carving when no CT grid is known."""
+    sides = []
+    for camera in cameras:
+        depth = float(camera.rotation[2] @ isocenter + camera.translation[2])
+        sides.append(depth * camera.columns / camera.intrinsics[0, 0])
+        sides.append(depth * camera.rows / camera.intrinsics[1, 1])
+    half = 0.5 * min(sides)
+    return isocenter - half, isocenter + half
