@@ -1,8 +1,9 @@
 """Digitally reconstructed radiographs: line integrals of X-ray attenuation through a CT, by ray marching.
 
 Each pixel's ray runs from the source through the pixel centre (:mod:`organdetr.xray.camera`), is clipped to the
-volume's outer voxel edges (so air outside the scan adds nothing and no samples are wasted) and is sampled at
-``samples`` evenly spaced midpoints; trilinear interpolation (``grid_sample``) of the attenuation gives the integrand.
+volume's outer voxel edges (so air outside the scan adds nothing and no samples are wasted) and is sampled at evenly
+spaced midpoints no further apart than ``step_voxels``; trilinear interpolation (``grid_sample``) of the attenuation
+gives the integrand.
 The pixel value is ``integral mu ds`` (dimensionless: ``mu`` per mm times mm), what a log-converted radiograph
 ``-log(I / I0)`` measures. Rays are processed in chunks of at most ``max_samples_per_chunk`` samples, which bounds
 memory whatever the detector and volume sizes. The volume may have any orientation: rays are traced in its continuous
@@ -54,10 +55,13 @@ class AttenuationVolume:
         values = (config.mu_water_per_mm * (1.0 - hu / HU_AIR)).clamp_(min=0.0)
         index_to_world = index_to_physical_matrix(image)
         # Air adds nothing to a line integral: crop to the attenuating voxels so rays skip the air around the body
-        # (an OpenKBP scan's field is often three times as wide as the neck).
+        # (an OpenKBP scan's field is often three times as wide as the neck). One voxel of air is kept around them:
+        # trilinear interpolation falls off over a voxel, so the images stay exactly those of the whole volume.
         occupied = torch.nonzero(values > 0)
         if len(occupied):
-            first_kji, last_kji = occupied.amin(dim=0).tolist(), occupied.amax(dim=0).tolist()
+            last_index = torch.tensor(values.shape) - 1
+            first_kji = (occupied.amin(dim=0) - 1).clamp(min=0).tolist()
+            last_kji = torch.minimum(occupied.amax(dim=0) + 1, last_index).tolist()
             values = values[tuple(slice(a, b + 1) for a, b in zip(first_kji, last_kji, strict=True))]
             shift = np.eye(4)
             shift[:3, 3] = first_kji[::-1]
@@ -109,7 +113,7 @@ def render_views(
         integral = torch.zeros(len(length), dtype=torch.float32, device=device)
         longest = float(length.max()) if len(length) else 0.0
         if longest > 0.0:
-            rays_per_chunk = max(1, config.max_samples_per_chunk // max(1, math.ceil(longest / step_mm)))
+            rays_per_chunk = max(1, config.max_samples_per_chunk // math.ceil(longest / step_mm))
             for start in range(0, len(length), rays_per_chunk):
                 chunk = slice(start, start + rays_per_chunk)
                 integral[chunk] = _march(volume, source, directions[chunk], entry[chunk], length[chunk], step_mm)
@@ -125,18 +129,21 @@ def _march(
     length: torch.Tensor,
     step_mm: float,
 ) -> torch.Tensor:
-    """Midpoint-rule integrals of a chunk of clipped rays, each with the chunk's number of samples."""
-    samples = max(1, math.ceil(float(length.max()) / step_mm))
-    step = length / samples  # per ray, <= step_mm
+    """Midpoint-rule integrals of a chunk of clipped rays. Each ray gets ``ceil(length / step_mm)`` equal steps of
+    its own, so a pixel's value does not depend on which rays share its chunk."""
+    counts = torch.ceil(length / step_mm).clamp(min=1.0)
+    step = length / counts  # per ray, <= step_mm
+    samples = int(counts.max())
     sizes = torch.tensor(volume.shape_ijk, dtype=torch.float64, device=source.device)
     # align_corners=True: -1 and +1 are the centres of the first and last voxels; grid order (x, y, z) = (i, j, k).
     # Each ray's first sample and step in grid units are exact (float64); the samples in between need only float32.
     to_grid = 2.0 / (sizes - 1.0).clamp(min=1.0)  # a one-voxel axis: any coordinate samples its one slice
     first = (source + (entry + 0.5 * step)[:, None] * directions) * to_grid - 1.0
     stride = (step[:, None] * directions * to_grid).to(torch.float32)
-    counts = torch.arange(samples, dtype=torch.float32, device=source.device)
-    grid = first.to(torch.float32)[:, None, :] + counts[None, :, None] * stride[:, None, :]  # [R, S, 3]
+    sample_index = torch.arange(samples, dtype=torch.float32, device=source.device)
+    grid = first.to(torch.float32)[:, None, :] + sample_index[None, :, None] * stride[:, None, :]  # [R, S, 3]
     sampled = F.grid_sample(
         volume.values[None, None], grid[None, None], mode="bilinear", padding_mode="border", align_corners=True
     )[0, 0, 0]
-    return sampled.sum(dim=-1) * step.to(torch.float32)
+    in_ray = sample_index[None, :] < counts.to(torch.float32)[:, None]  # samples past a shorter ray's exit
+    return (sampled * in_ray).sum(dim=-1) * step.to(torch.float32)
