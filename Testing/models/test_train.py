@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from openkbp_dataset import write_dataset_json
-from organdetr.config import DetectorConfig
+from organdetr.config import DetectorConfig, SegmentationBranchConfig
 from organdetr_backend.cli import main
 from safetensors.torch import load_file
 
@@ -145,3 +146,29 @@ def test_init_weights_rejects_conflicting_options(setup, tmp_path, capsys) -> No
     assert "--init-weights fixes the network" in capsys.readouterr().err
     assert train(setup, first, "--resume", "--init-weights", str(first / "last")) == 2
     assert "cannot be combined with --resume" in capsys.readouterr().err
+
+
+def test_physical_space_run_with_segmentation_branch_and_quality_head(tmp_path, data_dir, tiny_config) -> None:
+    """Field-of-view windows from volumes larger than the window, then evaluation over several windows with box
+    refinement: the metrics carry presence, the query boxes' own figures and the branch's Dice per organ."""
+    config = dataclasses.replace(
+        tiny_config,
+        model=dataclasses.replace(
+            tiny_config.model, segmentation_branch=SegmentationBranchConfig(enabled=True), quality_head=True
+        ),
+        preprocess=dataclasses.replace(tiny_config.preprocess, target_spacing_mm=(16.0, 16.0, 10.0)),
+    )
+    config_path = tmp_path / "physical.json"
+    config_path.write_text(config.to_json(), encoding="utf-8")
+    setup = (write_dataset_json(tmp_path, data_dir), config_path)
+    output = tmp_path / "run"
+    assert train(setup, output, "--epochs", "1", "--batch-size", "2", "--warmup-steps", "1") == 0
+    row = history(output)[-1]
+    assert {"train_loss_quality", "train_loss_seg_branch"} <= set(row) and "val_mAP" in row
+    metrics_path = tmp_path / "metrics.json"
+    assert main(["evaluate", "--model", str(output / "last"), "--data", str(setup[0]), "--output",
+                 str(metrics_path), "--device", "cpu"]) == 0  # fmt: skip
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    assert set(metrics["query_boxes"]) >= {"mAP", "AP50", "per_class"}
+    assert set(metrics["segmentation_dice"]) == set(config.class_names)
+    assert metrics["presence"]["present_total"] == 7  # pt_201 annotates all 7 organs, all in the scan

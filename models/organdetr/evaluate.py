@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,6 +41,22 @@ def boxes_to_mm(boxes: torch.Tensor, shape: Sequence[int], spacing_mm: Sequence[
     return boxes.float() * torch.cat([extent, extent])
 
 
+def _image_detections(case, output, boxes: list[torch.Tensor], gt_classes: torch.Tensor, gt_boxes: torch.Tensor):
+    """One case's :class:`~organdetr.metrics.ImageDetections` in mm, with ``boxes`` as the predicted boxes."""
+    from .metrics import ImageDetections
+
+    shape = case.label_map.shape
+    return ImageDetections(
+        pred_classes=torch.tensor([organ.class_index for organ in output.organs], dtype=torch.long),
+        pred_scores=torch.tensor([organ.score for organ in output.organs], dtype=torch.float32),
+        pred_boxes=boxes_to_mm(torch.stack(boxes), shape, case.network_spacing_mm),
+        gt_classes=gt_classes,
+        gt_boxes=boxes_to_mm(gt_boxes, shape, case.network_spacing_mm),
+        annotated=case.annotated,
+        presence=torch.tensor(output.presence, dtype=torch.float32),
+    )
+
+
 def evaluate_cases(
     model: nn.Module,
     cases: Sequence,
@@ -48,35 +65,38 @@ def evaluate_cases(
     progress: bool = False,
     quicklook_dir: Path | None = None,
 ):
-    """Detect on every :class:`~organdetr.dataset.PreprocessedCase` (windows and presence threshold of ``config``)
-    and return its :class:`DetectionMetrics`."""
+    """Detect on every :class:`~organdetr.dataset.PreprocessedCase` (windows, refinement and presence threshold of
+    ``config``) and return its :class:`DetectionMetrics`. With a segmentation branch, the metrics also hold those of
+    the query boxes alone (``query_boxes``) and the branch's Dice per organ."""
     from tqdm import tqdm
 
     from .box_ops import boxes_from_label_map
     from .dataset import MIN_OBJECT_VOXELS
     from .inference import run_detector
-    from .metrics import ImageDetections, compute_metrics
+    from .metrics import compute_metrics, segmentation_dice
 
     class_names = config.class_names
-    images = []
+    branch = config.model.segmentation_branch.enabled
+    images, query_images, dice = [], [], []
     for case in tqdm(cases, desc="evaluate", unit="case", disable=not progress, leave=False):
-        output = run_detector(model, case.volume(), device, config, top_k=1)
-        shape = case.label_map.shape
+        output = run_detector(model, case.volume(), device, config, top_k=1, segmentation=branch)
         gt_classes, gt_boxes = boxes_from_label_map(case.label_map, len(class_names), min_voxels=MIN_OBJECT_VOXELS)
-        pred_boxes = torch.stack([organ.box for organ in output.organs]) if output.organs else torch.zeros(0, 6)
-        image = ImageDetections(
-            pred_classes=torch.tensor([organ.class_index for organ in output.organs], dtype=torch.long),
-            pred_scores=torch.tensor([organ.score for organ in output.organs], dtype=torch.float32),
-            pred_boxes=boxes_to_mm(pred_boxes, shape, case.network_spacing_mm),
-            gt_classes=gt_classes,
-            gt_boxes=boxes_to_mm(gt_boxes, shape, case.network_spacing_mm),
-            annotated=case.annotated,
-            presence=torch.tensor(output.presence, dtype=torch.float32),
-        )
+
+        image = _image_detections(case, output, [organ.box for organ in output.organs], gt_classes, gt_boxes)
         images.append(image)
+        if branch:
+            query_images.append(_image_detections(case, output, output.query_boxes, gt_classes, gt_boxes))
+            dice.append(segmentation_dice(output.segmentation, case.label_map, case.annotated))
         if quicklook_dir is not None:
             save_quicklook(quicklook_dir / f"{case.name}.png", case, image, class_names)
-    return compute_metrics(images, class_names, presence_threshold=config.presence.threshold)
+    metrics = compute_metrics(images, class_names, presence_threshold=config.presence.threshold)
+    if branch:
+        metrics.query_boxes = compute_metrics(query_images, class_names, presence_threshold=config.presence.threshold)
+        metrics.segmentation_dice = {
+            name: float(np.nanmean(values)) if not np.isnan(values).all() else None
+            for name, values in zip(class_names, np.array(dice, dtype=np.float64).T, strict=True)
+        }
+    return metrics
 
 
 def save_quicklook(path: Path, case, image, class_names: Sequence[str]) -> None:

@@ -101,15 +101,33 @@ class DetectionMetrics:
     num_images: int
     per_class: list[ClassMetrics] = field(default_factory=list)
     presence: PresenceMetrics | None = None  # when the images carry presence probabilities
+    query_boxes: DetectionMetrics | None = None  # the same images with the unrefined query boxes
+    segmentation_dice: dict[str, float | None] | None = None  # per organ, mean over images that annotate it
 
     def to_dict(self) -> dict:
         summary = {key: getattr(self, key) for key in SUMMARY_KEYS}
-        return {
+        result = {
             **summary,
             "num_images": self.num_images,
             "per_class": {c.name: {k: v for k, v in c.__dict__.items() if k != "name"} for c in self.per_class},
             "presence": None if self.presence is None else self.presence.to_dict(),
         }
+        if self.query_boxes is not None:
+            result["query_boxes"] = self.query_boxes.to_dict()
+        if self.segmentation_dice is not None:
+            result["segmentation_dice"] = self.segmentation_dice
+        return result
+
+
+def segmentation_dice(predicted: torch.Tensor, truth: torch.Tensor, annotated: torch.Tensor) -> list[float]:
+    """Dice of each organ's predicted and true voxels (label value = class index + 1); NaN where the organ is not
+    annotated, or absent from both."""
+    scores = []
+    for k, known in enumerate(annotated.tolist()):
+        pred, true = predicted == k + 1, truth.long() == k + 1
+        total = int(pred.sum()) + int(true.sum())
+        scores.append(2.0 * int((pred & true).sum()) / total if known and total else float("nan"))
+    return scores
 
 
 def average_precision(tp: np.ndarray, num_gt: int) -> float:
