@@ -138,6 +138,17 @@ def test_init_weights_fine_tunes_from_a_model_folder(setup, tmp_path) -> None:
     assert saved.preprocess == DetectorConfig.from_json_file(first / "last" / "config.json").preprocess
     assert saved.training_data["initialised_from"]["weights_sha256"]
 
+    # Fine-tuning may add the segmentation branch and the quality head: new layers, everything else carried over.
+    extended = tmp_path / "extended"
+    code = main(["train", "--data", str(data), "--output", str(extended), "--device", "cpu",
+                 "--init-weights", str(first / "last"), "--segmentation-branch", "--quality-head", "--epochs", "1",
+                 "--batch-size", "2", "--lr", "1e-5", "--no-augment"])  # fmt: skip
+    assert code == 0
+    grown = load_file(extended / "last" / "model.safetensors")
+    added = set(grown) - set(before)
+    assert added and all(name.startswith(("seg_branch.", "decoder.quality_head.")) for name in added)
+    assert all(torch.allclose(before[name], grown[name], atol=1e-3) for name in before)
+
 
 def test_init_weights_rejects_conflicting_options(setup, tmp_path, capsys) -> None:
     first = tmp_path / "first"

@@ -72,6 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Dense Query Matching lambda (0 = one-to-one Hungarian; default 0.2)",
     )
     parser.add_argument("--no-msa", action="store_true", help="baseline without the MultiScale Attention encoder")
+    parser.add_argument(
+        "--segmentation-branch",
+        action="store_true",
+        help="add the full-resolution segmentation branch (box refinement, segmentation preview); with "
+        "--init-weights the new layers start untrained and everything else from the given model",
+    )
+    parser.add_argument(
+        "--quality-head", action="store_true", help="add the IoU-quality head (scores rank boxes by predicted IoU)"
+    )
     parser.add_argument("--no-augment", action="store_true", help="train without random augmentation")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None, help="data loader worker processes per rank")
@@ -215,6 +224,10 @@ def _build_config(args: argparse.Namespace, description, initial=None) -> Any:
     model = config.model
     if args.no_msa:
         model = replace(model, msa=replace(model.msa, enabled=False))
+    if args.segmentation_branch:
+        model = replace(model, segmentation_branch=replace(model.segmentation_branch, enabled=True))
+    if args.quality_head:
+        model = replace(model, quality_head=True)
     return replace(
         config,
         name=args.output.name,
@@ -241,6 +254,20 @@ def _target_spacing(values: list[str], description, preprocess) -> tuple[float, 
     if len(spacing) != 3 or not all(0.1 <= v <= 20.0 for v in spacing):
         raise UserInputError("--target-spacing takes 3 values in mm between 0.1 and 20, 'auto' or 'none'")
     return spacing  # type: ignore[return-value]
+
+
+def _extended(initial_model, model_config):
+    """The fine-tuning network: ``initial_model`` itself, or with the heads that the run adds (initialised anew)."""
+    from .organ_detr import build_model
+
+    if initial_model.config == model_config:
+        return initial_model
+    model = build_model(model_config)
+    missing, unexpected = model.load_state_dict(initial_model.state_dict(), strict=False)
+    added = ("seg_branch.", "decoder.quality_head.")
+    if unexpected or not all(name.startswith(added) for name in missing):
+        raise UserInputError("--init-weights: the given model's network does not match this run's")
+    return model
 
 
 def _initialised_from(initial) -> dict[str, Any]:
@@ -316,7 +343,7 @@ class Trainer:
         if args.resume:
             self.model = load_checkpoint(last, self.device).model.train()
         elif initial is not None:
-            self.model = initial.model.to(self.device).train()
+            self.model = _extended(initial.model, self.config.model).to(self.device).train()
         else:
             self.model = build_model(self.config.model).to(self.device)
         try:
