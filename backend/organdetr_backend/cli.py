@@ -33,7 +33,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="organdetr", description="Organ-DETR 3D organ detection for CT.")
     parser.add_argument("--version", action="version", version=f"organdetr {__version__}")
