@@ -20,4 +20,3 @@ def check_organ_names(organs: Sequence[str], classes: Sequence[str]) -> None:
     if unknown or not organs:
         problem = f"unknown organ(s) {', '.join(unknown)}" if unknown else "no organ named"
         raise UserInputError(f"{problem}; this model detects {', '.join(classes)}")
-
