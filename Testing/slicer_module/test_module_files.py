@@ -15,7 +15,8 @@ MODULE_NAME = "OrganDETRSlicer"
 def _module_files() -> list[str]:
     files = sorted(str(path.relative_to(MODULE_DIR)) for path in MODULE_DIR.rglob("*.py"))
     files += sorted(str(path.relative_to(MODULE_DIR)) for path in (MODULE_DIR / "Resources").rglob("*.*"))
-    return [name for name in files if "__pycache__" not in name]
+    # build/ is what pip leaves when it installs the client from this folder (git-ignored, never shipped).
+    return [name for name in files if "__pycache__" not in name and not name.startswith("build/")]
 
 
 def test_cmake_lists_every_script_and_resource():
@@ -62,3 +63,25 @@ def test_library_imports_nothing_from_the_gui():
     for path in (MODULE_DIR / f"{MODULE_NAME}Lib").glob("*.py"):
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"^\s*(import|from)\s+(qt|ctk|slicer\.app|slicer\.util)\b", text, flags=re.MULTILINE), path
+
+
+def test_extension_ships_the_backend_source_the_installer_looks_for():
+    """An installed extension carries the backend's source where ``find_backend_source`` looks, with every package
+    folder that pyproject.toml builds from, so that embedded mode installs without any package index."""
+    from OrganDETRSlicerLib.dependency_installer import SHIPPED_SOURCE_FOLDER
+
+    cmake = (MODULE_DIR.parent / "CMakeLists.txt").read_text(encoding="utf-8")
+    destination = re.search(r"set\(BACKEND_SOURCE_DESTINATION \S+/(\w+)\)", cmake)
+    assert destination and destination.group(1) == SHIPPED_SOURCE_FOLDER
+    installed = set(re.findall(r"install\(DIRECTORY ([^$]+?) DESTINATION", cmake))
+    installed = {item for rule in installed for item in rule.split()}
+    pyproject = (MODULE_DIR.parent / "pyproject.toml").read_text(encoding="utf-8")
+    where_line = re.search(r"^where = \[(.*)\]$", pyproject, flags=re.MULTILINE)
+    assert where_line
+    for where in re.findall(r'"([^"]+)"', where_line.group(1)):
+        folder = MODULE_DIR.parent / where
+        packages = [
+            p.name for p in folder.iterdir() if p.name.startswith("organdetr") and (p / "__init__.py").is_file()
+        ]
+        assert all(where in installed or f"{where}/{package}" in installed for package in packages), where
+    assert re.search(r"install\(FILES pyproject\.toml", cmake)
