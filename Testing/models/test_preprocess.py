@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from organdetr.config import PreprocessConfig
+from organdetr.config import DetectorConfig, PreprocessConfig
 from organdetr.dataset import network_spacing_mm
 from organdetr.preprocess import preprocess_image
 
@@ -52,3 +52,15 @@ def test_downsampling_is_anti_aliased_and_clips_before_resampling():
         _image((8, 8, 8), (1.0, 1.0, 1.0), metal), PreprocessConfig(target_spacing_mm=(8.0, 8.0, 8.0))
     )
     assert float(mixed.image.max()) == pytest.approx(0.5, abs=0.05)
+
+
+def test_extra_hu_windows_are_further_channels():
+    values = np.array([-1000, -160, 40, 240, 1000], dtype=np.int16).repeat(8 * 8).reshape(5, 8, 8)
+    image = _image((8, 8, 5), (1.0, 1.0, 1.0), values)
+    config = PreprocessConfig(target_spacing_mm=(1.0, 1.0, 1.0), extra_hu_windows=((-160.0, 240.0),))
+    volume = preprocess_image(image, config)
+    assert volume.image.shape == (2, 8, 8, 5)
+    np.testing.assert_allclose(volume.image[0, 0, 0].numpy(), [0.0, 0.42, 0.52, 0.62, 1.0], atol=1e-6)
+    np.testing.assert_allclose(volume.image[1, 0, 0].numpy(), [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-6)
+    with pytest.raises(ValueError, match="2 input channels"):
+        DetectorConfig(preprocess=config)

@@ -141,13 +141,19 @@ def test_init_weights_fine_tunes_from_a_model_folder(setup, tmp_path) -> None:
     # Fine-tuning may add the segmentation branch and the quality head: new layers, everything else carried over.
     extended = tmp_path / "extended"
     code = main(["train", "--data", str(data), "--output", str(extended), "--device", "cpu",
-                 "--init-weights", str(first / "last"), "--segmentation-branch", "--quality-head", "--epochs", "1",
+                 "--init-weights", str(first / "last"), "--segmentation-branch", "--quality-head",
+                 "--soft-tissue-channel", "--epochs", "1",
                  "--batch-size", "2", "--lr", "1e-5", "--no-augment"])  # fmt: skip
     assert code == 0
     grown = load_file(extended / "last" / "model.safetensors")
     added = set(grown) - set(before)
     assert added and all(name.startswith(("seg_branch.", "decoder.quality_head.")) for name in added)
-    assert all(torch.allclose(before[name], grown[name], atol=1e-3) for name in before)
+    first_conv = "backbone.stages.0.0.conv.weight"  # its soft-tissue input channel is new
+    assert grown[first_conv].shape[1] == 2 and torch.allclose(before[first_conv], grown[first_conv][:, :1], atol=1e-3)
+    assert all(torch.allclose(before[name], grown[name], atol=1e-3) for name in before if name != first_conv)
+    assert DetectorConfig.from_json_file(extended / "last" / "config.json").preprocess.extra_hu_windows == (
+        (-160.0, 240.0),
+    )
 
 
 def test_init_weights_rejects_conflicting_options(setup, tmp_path, capsys) -> None:

@@ -140,6 +140,9 @@ class PreprocessConfig:
     spatial_size: tuple[int, int, int] = (128, 128, 128)
     intensity_min: float = -1000.0
     intensity_max: float = 1000.0
+    # Further input channels, each a HU window scaled to [0, 1] (e.g. soft tissue (-160, 240), where the organs
+    # sit in a few per cent of the main window); the backbone's in_channels is 1 + their number.
+    extra_hu_windows: tuple[tuple[float, float], ...] = ()
     # Network voxel size (mm) along the reoriented axes; None = legacy resize to spatial_size.
     target_spacing_mm: tuple[float, float, float] | None = None
     # Fraction of the window shared by neighbouring windows along an axis.
@@ -250,6 +253,11 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if len(self.class_names) != self.model.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for a model with {self.model.num_classes} classes")
+        channels = 1 + len(self.preprocess.extra_hu_windows)
+        if channels != self.model.backbone.in_channels:
+            raise ValueError(
+                f"preprocessing makes {channels} input channels, the backbone takes {self.model.backbone.in_channels}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -264,6 +272,11 @@ class DetectorConfig:
     @classmethod
     def from_json_file(cls, path: str | Path) -> DetectorConfig:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists (also nested ones) -> tuples, as the dataclasses declare them."""
+    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -281,7 +294,7 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
         if nested is not None:
             kwargs[name] = _from_dict(nested, value)
         elif isinstance(value, list):
-            kwargs[name] = tuple(value)
+            kwargs[name] = _tuples(value)
         else:
             kwargs[name] = value
     return cls(**kwargs)

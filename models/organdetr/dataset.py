@@ -159,7 +159,7 @@ class PreprocessedCase:
     """A case after the shared preprocessing, as held in the cache."""
 
     name: str
-    image: torch.Tensor  # [1, D0, D1, D2] float16 in [0, 1] (half the memory; ~1 HU resolution is plenty)
+    image: torch.Tensor  # [C, D0, D1, D2] float16 in [0, 1] (half the memory; ~1 HU resolution is plenty)
     label_map: torch.Tensor  # [D0, D1, D2] uint8 label values on the network grid
     annotated: torch.Tensor  # [K] bool
     index_to_network: np.ndarray  # 4x4, see PreprocessedVolume

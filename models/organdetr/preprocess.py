@@ -32,7 +32,7 @@ ANTIALIAS_MIN_FACTOR = 1.25
 class PreprocessedVolume:
     """A network-ready volume and its geometric link to the original image."""
 
-    image: torch.Tensor  # [1, D0, D1, D2] float32, axes = ITK index axes (i, j, k) after reorientation
+    image: torch.Tensor  # [C, D0, D1, D2] float32, axes = ITK index axes (i, j, k) after reorientation
     index_to_network: np.ndarray  # 4x4: original continuous index (i, j, k, 1) -> network continuous index
 
     @property
@@ -79,7 +79,8 @@ def _antialias(array: torch.Tensor, in_shape: tuple[int, ...], out_shape: tuple[
 
 
 def preprocess_image(image: sitk.Image, config: PreprocessConfig) -> PreprocessedVolume:
-    """CT image -> network input ``[1, D0, D1, D2]`` in ``[0, 1]`` plus the index affine."""
+    """CT image -> network input ``[C, D0, D1, D2]`` in ``[0, 1]`` plus the index affine (channel 0: the main HU
+    window; then one channel per ``extra_hu_windows``)."""
     oriented, reorient_map = _reorient(image, config.orientation)
     array = torch.from_numpy(np.ascontiguousarray(_array_ijk(oriented), dtype=np.float32))
     out_shape = network_grid_shape(array.shape, oriented.GetSpacing(), config)
@@ -89,7 +90,8 @@ def preprocess_image(image: sitk.Image, config: PreprocessConfig) -> Preprocesse
     if config.target_spacing_mm is not None:
         clipped = _antialias(clipped, tuple(array.shape), out_shape)
     resized = F.interpolate(clipped, size=out_shape, mode="trilinear", align_corners=False)[0]
-    scaled = (resized - low) / (high - low)
+    windows = [(low, high), *config.extra_hu_windows]
+    scaled = torch.cat([(resized.clamp(lo, hi) - lo) / (hi - lo) for lo, hi in windows])
     index_map = _resize_matrix(array.shape, out_shape) @ reorient_map
     return PreprocessedVolume(image=scaled, index_to_network=index_map)
 

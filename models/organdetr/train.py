@@ -38,6 +38,8 @@ PLOT_FILE = "training_curves.png"
 # The cosine decay ends at this fraction of the peak learning rate.
 FINAL_LR_FRACTION = 0.01
 VALIDATION_KEYS = ("mAP", "AP50", "AP75", "mAR", "mAP_nndet")
+# Soft-tissue window (HU) of --soft-tissue-channel: the organs sit in 5-10 % of the main [-1000, 1000] window.
+SOFT_TISSUE_HU = (-160.0, 240.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--quality-head", action="store_true", help="add the IoU-quality head (scores rank boxes by predicted IoU)"
+    )
+    parser.add_argument(
+        "--soft-tissue-channel",
+        action="store_true",
+        help=f"add a second input channel, the soft-tissue HU window {SOFT_TISSUE_HU}; with --init-weights the "
+        "first convolution's new input channel starts at zero",
     )
     parser.add_argument("--no-augment", action="store_true", help="train without random augmentation")
     parser.add_argument("--seed", type=int, default=None)
@@ -228,6 +236,9 @@ def _build_config(args: argparse.Namespace, description, initial=None) -> Any:
         model = replace(model, segmentation_branch=replace(model.segmentation_branch, enabled=True))
     if args.quality_head:
         model = replace(model, quality_head=True)
+    if args.soft_tissue_channel and SOFT_TISSUE_HU not in preprocess.extra_hu_windows:
+        preprocess = replace(preprocess, extra_hu_windows=(*preprocess.extra_hu_windows, SOFT_TISSUE_HU))
+        model = replace(model, backbone=replace(model.backbone, in_channels=model.backbone.in_channels + 1))
     return replace(
         config,
         name=args.output.name,
@@ -256,17 +267,37 @@ def _target_spacing(values: list[str], description, preprocess) -> tuple[float, 
     return spacing  # type: ignore[return-value]
 
 
+def _widened(value, wanted):
+    """A conv weight with fewer input channels than ``wanted`` gets zero weights for the new ones."""
+    import torch
+
+    grows = (
+        wanted is not None
+        and value.dim() == wanted.dim() == 5
+        and value.shape[0] == wanted.shape[0]
+        and value.shape[2:] == wanted.shape[2:]
+        and value.shape[1] < wanted.shape[1]
+    )
+    if not grows:
+        return value
+    return torch.cat([value, value.new_zeros(value.shape[0], wanted.shape[1] - value.shape[1], *value.shape[2:])], 1)
+
+
 def _extended(initial_model, model_config):
-    """The fine-tuning network: ``initial_model`` itself, or with the heads that the run adds (initialised anew)."""
+    """The fine-tuning network: ``initial_model`` itself, or with what the run adds: new heads (initialised anew)
+    and new input channels (their first-convolution weights start at zero, so the network starts as it was)."""
     from .organ_detr import build_model
 
     if initial_model.config == model_config:
         return initial_model
     model = build_model(model_config)
-    missing, unexpected = model.load_state_dict(initial_model.state_dict(), strict=False)
-    added = ("seg_branch.", "decoder.quality_head.")
-    if unexpected or not all(name.startswith(added) for name in missing):
+    target = model.state_dict()
+    state = {name: _widened(value, target.get(name)) for name, value in initial_model.state_dict().items()}
+    unmatched = [name for name, value in state.items() if name not in target or target[name].shape != value.shape]
+    missing = [name for name in target if name not in state]
+    if unmatched or not all(name.startswith(("seg_branch.", "decoder.quality_head.")) for name in missing):
         raise UserInputError("--init-weights: the given model's network does not match this run's")
+    model.load_state_dict(state, strict=False)
     return model
 
 
