@@ -107,31 +107,39 @@ def organ_corners(label: sitk.Image, num_classes: int) -> list[np.ndarray]:
     return [surface_corners(values == k, affine) for k in range(1, num_classes + 1)]
 
 
-def make_scene(
-    record: CaseRecord,
-    class_names: Sequence[str],
-    config: SceneConfig,
-    index: int = 0,
-    device: torch.device | str = "cpu",
-) -> Scene:
-    """Draw scene ``index`` of a case (deterministic in the settings, the case name and ``index``)."""
+@dataclass(eq=False)
+class CaseData:
+    """What every scene of a case shares: the CT and each organ's surface corners (read and computed once)."""
+
+    name: str
+    ct: sitk.Image
+    corners: list[np.ndarray]  # per organ, world mm (empty where the organ is not in the label map)
+    annotated: np.ndarray  # [organs] bool
+
+
+def read_case(record: CaseRecord, class_names: Sequence[str]) -> CaseData:
     image = _read_image(record.image, "image")
     label = _read_image(record.label, "label map")
     if image.GetSize() != label.GetSize():
         raise UserInputError(f"{record.name}: image size {image.GetSize()} != label size {label.GetSize()}")
-    geometry = scene_geometry(config, scan_centre(image), _scene_rng(config, record.name, index))
-    cameras = geometry.cameras()
     corners = organ_corners(label, len(class_names))
     present = np.array([len(c) > 0 for c in corners])
     # A contoured organ is annotated whatever the list says (as in organdetr.dataset).
     annotated = np.array([name in record.annotated for name in class_names]) | present
-    boxes3d = np.stack([world_box(c) for c in corners])
-    boxes2d = np.stack([silhouette_boxes(cameras, c) for c in corners], axis=1)
+    return CaseData(record.name, image, corners, annotated)
+
+
+def make_scene(case: CaseData, config: SceneConfig, index: int = 0, device: torch.device | str = "cpu") -> Scene:
+    """Draw scene ``index`` of a case (deterministic in the settings, the case name and ``index``)."""
+    geometry = scene_geometry(config, scan_centre(case.ct), _scene_rng(config, case.name, index))
+    cameras = geometry.cameras()
+    boxes3d = np.stack([world_box(c) for c in case.corners])
+    boxes2d = np.stack([silhouette_boxes(cameras, c) for c in case.corners], axis=1)
     images = None
     if config.render:
-        volume = AttenuationVolume.from_image(image, device, config.render_config)
+        volume = AttenuationVolume.from_image(case.ct, device, config.render_config)
         images = render_views(volume, cameras, config.render_config).cpu()
-    return Scene(record.name, geometry, images, boxes2d, boxes3d, annotated)
+    return Scene(case.name, geometry, images, boxes2d, boxes3d, case.annotated)
 
 
 class SceneCache:
@@ -142,15 +150,28 @@ class SceneCache:
         self.class_names = tuple(class_names)
         self.config = config
         self.directory = Path(directory) if directory is not None else None
+        # The last case read, for the next scenes of the same case (one case: 170 CTs would not fit in memory).
+        self._last_case: tuple[list, CaseData] | None = None
+
+    @staticmethod
+    def _case_identity(record: CaseRecord) -> list:
+        """The files (path, size, modification time) and annotated organs a case's scenes depend on."""
+        stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (record.image, record.label)]
+        return [stats, sorted(record.annotated)]
 
     def key(self, record: CaseRecord, index: int) -> str:
-        stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (record.image, record.label)]
-        settings = [_CACHE_VERSION, stats, sorted(record.annotated), self.class_names, asdict(self.config), index]
+        settings = [_CACHE_VERSION, self._case_identity(record), self.class_names, asdict(self.config), index]
         return hashlib.sha256(json.dumps(settings, default=list).encode()).hexdigest()[:24]
+
+    def _case(self, record: CaseRecord) -> CaseData:
+        identity = self._case_identity(record)
+        if self._last_case is None or self._last_case[0] != identity:
+            self._last_case = (identity, read_case(record, self.class_names))
+        return self._last_case[1]
 
     def get(self, record: CaseRecord, index: int = 0, device: torch.device | str = "cpu") -> Scene:
         if self.directory is None:
-            return make_scene(record, self.class_names, self.config, index, device)
+            return make_scene(self._case(record), self.config, index, device)
         file = self.directory / f"{record.name}-{index}-{self.key(record, index)}.pt"
         if file.is_file():
             stored = torch.load(file, weights_only=True)
@@ -162,7 +183,7 @@ class SceneCache:
                 boxes3d=stored["boxes3d"].numpy(),
                 annotated=stored["annotated"].numpy(),
             )
-        scene = make_scene(record, self.class_names, self.config, index, device)
+        scene = make_scene(self._case(record), self.config, index, device)
         stored = {
             "geometry": asdict(scene.geometry),
             "boxes2d": torch.from_numpy(scene.boxes2d),
