@@ -179,7 +179,9 @@ def test_physical_space_run_with_segmentation_branch_and_quality_head(tmp_path, 
     config_path.write_text(config.to_json(), encoding="utf-8")
     setup = (write_dataset_json(tmp_path, data_dir), config_path)
     output = tmp_path / "run"
-    assert train(setup, output, "--epochs", "1", "--batch-size", "2", "--warmup-steps", "1") == 0
+    assert train(setup, output, "--epochs", "1", "--batch-size", "2", "--warmup-steps", "1",
+                 "--oversample-rare-organs", "0.5") == 0  # fmt: skip
+    assert DetectorConfig.from_json_file(output / "last" / "config.json").train.oversample_rare_organs == 0.5
     row = history(output)[-1]
     assert {"train_loss_quality", "train_loss_seg_branch"} <= set(row) and "val_mAP" in row
     metrics_path = tmp_path / "metrics.json"

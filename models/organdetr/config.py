@@ -220,6 +220,8 @@ class TrainConfig:
     num_workers: int = 0
     val_every: int = 1
     augment: bool = True
+    # > 0: cases of rarely annotated organs are drawn more often (organdetr.sampling); 0 = uniform.
+    oversample_rare_organs: float = 0.0
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
     field_of_view: FieldOfViewConfig = field(default_factory=FieldOfViewConfig)
 

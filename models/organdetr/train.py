@@ -84,6 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quality-head", action="store_true", help="add the IoU-quality head (scores rank boxes by predicted IoU)"
     )
     parser.add_argument(
+        "--oversample-rare-organs",
+        type=float,
+        default=None,
+        metavar="POWER",
+        help="visit cases of rarely annotated organs more often: weight (cases / cases with the organ) ** POWER "
+        "(0 = uniform, the default; 0.5 = square-root balancing)",
+    )
+    parser.add_argument(
         "--soft-tissue-channel",
         action="store_true",
         help=f"add a second input channel, the soft-tissue HU window {SOFT_TISSUE_HU}; with --init-weights the "
@@ -207,6 +215,7 @@ def _build_config(args: argparse.Namespace, description, initial=None) -> Any:
         "seed": args.seed,
         "num_workers": args.workers,
         "val_every": args.val_every,
+        "oversample_rare_organs": args.oversample_rare_organs,
     }
     train = replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
     if args.no_augment:
@@ -216,6 +225,8 @@ def _build_config(args: argparse.Namespace, description, initial=None) -> Any:
             raise UserInputError(f"--{name.replace('_', '-')} must be at least 1")
     if train.lr <= 0:
         raise UserInputError("--lr must be positive")
+    if not 0.0 <= train.oversample_rare_organs <= 2.0:
+        raise UserInputError("--oversample-rare-organs must be between 0 and 2")
     matcher = config.matcher
     if args.dense_lambda is not None:
         if not 0.0 <= args.dense_lambda < 1.0:
@@ -345,6 +356,7 @@ class Trainer:
         from .dataset import CaseCache, DetectionDataset, available_splits, load_dataset_json
         from .matcher import DenseQueryMatcher
         from .organ_detr import build_model
+        from .sampling import RareOrganSampler, rare_organ_weights
 
         self.output: Path = args.output
         self.limits = RunLimits(
@@ -396,9 +408,19 @@ class Trainer:
             field_of_view=train_config.field_of_view if train_config.augment else None,
             seed=train_config.seed,
         )
-        self.sampler = torch.utils.data.DistributedSampler(
-            self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=train_config.seed
-        )
+        if train_config.oversample_rare_organs > 0:
+            weights = rare_organ_weights(
+                [case.annotated for case in self.train_cases], train_config.oversample_rare_organs
+            )
+            self.sampler = RareOrganSampler(weights, self.dist.world_size, self.dist.rank, train_config.seed)
+        else:
+            self.sampler = torch.utils.data.DistributedSampler(
+                self.dataset,
+                num_replicas=self.dist.world_size,
+                rank=self.dist.rank,
+                shuffle=True,
+                seed=train_config.seed,
+            )
         self.steps_per_epoch = math.ceil(len(self.sampler) / train_config.batch_size)
         self.total_steps = self.steps_per_epoch * train_config.epochs
 
