@@ -88,7 +88,7 @@ def test_every_parameter_gets_a_gradient(variant):
         )
     elif variant == "segmentation_branch_and_quality":
         config = dataclasses.replace(
-            config, segmentation_branch=SegmentationBranchConfig(enabled=True), quality_head=True
+            config, segmentation_branch=SegmentationBranchConfig(enabled=True, output_stride=1), quality_head=True
         )
     model = build_model(config).train()
     images = torch.randn(2, 1, 32, 32, 32)
@@ -272,17 +272,17 @@ def test_decoder_config_without_refinement_shares_box_head():
     assert len(model.decoder.box_heads) == 1
 
 
-def test_segmentation_branch_and_quality_head_shapes():
+@pytest.mark.parametrize(("output_stride", "grid"), [(1, (64, 32, 32)), (2, (32, 16, 16))])
+def test_segmentation_branch_and_quality_head_shapes(output_stride, grid):
     torch.manual_seed(0)
-    config = dataclasses.replace(
-        _small(), segmentation_branch=SegmentationBranchConfig(enabled=True), quality_head=True
-    )
+    branch = SegmentationBranchConfig(enabled=True, output_stride=output_stride)
+    config = dataclasses.replace(_small(), segmentation_branch=branch, quality_head=True)
     model = build_model(config).eval()
     images = torch.randn(1, 1, 64, 32, 32)
     with torch.no_grad():
         outputs = model(images, return_segmentation=True)
         plain = model(images)
-    assert outputs["seg_full_logits"].shape == (1, config.num_classes + 1, 64, 32, 32)  # the input grid
+    assert outputs["seg_full_logits"].shape == (1, config.num_classes + 1, *grid)  # input grid or stride 2
     assert outputs["pred_quality"].shape == (1, config.decoder.num_queries)
     assert all(aux["pred_quality"].shape == (1, config.decoder.num_queries) for aux in outputs["aux_outputs"])
     assert "seg_full_logits" not in plain and "pred_quality" in plain

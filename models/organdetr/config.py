@@ -83,6 +83,9 @@ class SegmentationBranchConfig:
     enabled: bool = False
     # Channels of the decoder at stride 2 and at stride 1 (the input grid).
     channels: tuple[int, int] = (16, 8)
+    # 1: logits on the input grid; 2: logits at stride 2, upsampled (trilinear) at inference. A full-resolution
+    # stage costs ~7x a small-preset training step on CPU (measured: 31 s vs 4.3 s at 128^3, batch 2, 1 thread).
+    output_stride: int = 2
 
 
 @dataclass
