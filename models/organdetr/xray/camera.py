@@ -62,6 +62,59 @@ def check_intrinsics(intrinsics: np.ndarray) -> None:
         raise UserInputError("intrinsics: the second row must be [0, fy, cy] and the third [0, 0, 1]")
 
 
+def project(
+    intrinsics: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor, points: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The projection of every X-ray module: world points ``[..., 3]`` -> pixels ``[..., 2]`` and depth ``[...]``.
+    The camera matrices (``[3, 3]``, ``[3, 3]``, ``[3]``, or stacked ``[V, ...]`` for points ``[..., V, 3]``)
+    broadcast against the points."""
+    in_camera = (rotation @ points[..., None])[..., 0] + translation
+    depth = in_camera[..., 2]
+    homogeneous = (intrinsics @ in_camera[..., None])[..., 0]
+    return homogeneous[..., :2] / depth[..., None], depth
+
+
+def unproject(
+    intrinsics: torch.Tensor,
+    rotation: torch.Tensor,
+    translation: torch.Tensor,
+    pixels: torch.Tensor,
+    depth: torch.Tensor,
+) -> torch.Tensor:
+    """The inverse of :func:`project`: pixels ``[..., 2]`` at ``depth`` ``[...]`` -> world points ``[..., 3]``."""
+    homogeneous = torch.cat([pixels, torch.ones_like(pixels[..., :1])], dim=-1)
+    ray = (torch.linalg.inv(intrinsics) @ homogeneous[..., None])[..., 0]  # camera frame, at depth 1
+    return (rotation.transpose(-1, -2) @ (ray * depth[..., None] - translation)[..., None])[..., 0]
+
+
+@dataclass(eq=False)
+class CameraStack:
+    """The cameras of one scene as tensors ``[views, ...]`` on one device, for batched projection in a network."""
+
+    intrinsics: torch.Tensor  # [V, 3, 3]
+    rotation: torch.Tensor  # [V, 3, 3]
+    translation: torch.Tensor  # [V, 3]
+    rows: int
+    columns: int
+
+    @classmethod
+    def from_cameras(
+        cls, cameras: Sequence[Camera], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> CameraStack:
+        def stack(name: str) -> torch.Tensor:
+            return torch.as_tensor(np.stack([getattr(c, name) for c in cameras]), dtype=dtype, device=device)
+
+        return cls(stack("intrinsics"), stack("rotation"), stack("translation"), cameras[0].rows, cameras[0].columns)
+
+    def project(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points ``[..., V, 3]`` (one per view, or broadcast) -> pixels ``[..., V, 2]`` and depth ``[..., V]``."""
+        return project(self.intrinsics, self.rotation, self.translation, points)
+
+    def unproject(self, pixels: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[..., V, 2]`` at depth ``[..., V]`` -> world points ``[..., V, 3]``."""
+        return unproject(self.intrinsics, self.rotation, self.translation, pixels, depth)
+
+
 @dataclass(frozen=True, eq=False)
 class Camera:
     """One X-ray view's projective geometry (see the module docstring for the conventions)."""
@@ -103,18 +156,11 @@ class Camera:
     def project(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """World points ``[..., 3]`` -> pixel coordinates ``(u, v)`` ``[..., 2]`` and depth ``[...]`` (mm along the
         principal ray from the source; points behind the source have depth <= 0 and meaningless pixels)."""
-        intrinsics, rotation, translation = self._matrices(points)
-        in_camera = points @ rotation.T + translation
-        depth = in_camera[..., 2]
-        homogeneous = in_camera @ intrinsics.T
-        return homogeneous[..., :2] / depth[..., None], depth
+        return project(*self._matrices(points), points)
 
     def unproject(self, pixels: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         """Pixel coordinates ``[..., 2]`` at ``depth`` ``[...]`` (mm along the principal ray) -> world points."""
-        intrinsics, rotation, translation = self._matrices(pixels)
-        homogeneous = torch.cat([pixels, torch.ones_like(pixels[..., :1])], dim=-1)
-        in_camera = torch.linalg.solve(intrinsics, homogeneous.reshape(-1, 3).T).T.reshape(homogeneous.shape)
-        return (in_camera * depth[..., None] - translation) @ rotation
+        return unproject(*self._matrices(pixels), pixels, depth)
 
     def ray_directions(self, pixels: torch.Tensor) -> torch.Tensor:
         """Unit world vectors ``[..., 3]`` from the source through pixel coordinates ``[..., 2]``."""
