@@ -1,9 +1,10 @@
 """Speed and memory of the X-ray tools: DRR rendering per view and carving per case.
 
-Each measurement runs in its own child process so that its peak memory is its own: the peak resident set size above
-the level after the CT was read and converted (CPU), or the peak allocated GPU memory (CUDA). Rendering is timed
-over several views after one warm-up view; "unchunked" renders every ray of a view in one chunk to show what
-chunking saves.
+Each measurement runs in its own child process so that its peak memory is its own: on CPU the process's resident
+set size after the CT was read and converted to attenuation, and its peak over the whole run (reading and
+conversion included: compare chunked and unchunked peaks); on CUDA the peak allocated GPU memory while rendering.
+Rendering is timed over several views after one warm-up view; "unchunked" renders every ray of a view in one chunk
+to show what chunking saves.
 
     python benchmarks/xray_speed.py                # OpenKBP CT (128^3) at 128^2, chest CT (512x512x133) at 256^2
     python benchmarks/xray_speed.py --device cuda
@@ -35,6 +36,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
 
+def _current_rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
 def measure_render(ct: Path, pixels: int, spacing: float, chunk: int | None, device_name: str, views: int) -> dict:
     import torch
     from organdetr.inference import select_device
@@ -49,7 +56,7 @@ def measure_render(ct: Path, pixels: int, spacing: float, chunk: int | None, dev
     volume = AttenuationVolume.from_image(image, device, config)
     centre = tuple(scan_centre(image))
     cameras = CArmGeometry(views + 1, rows=pixels, columns=pixels, pixel_spacing_mm=spacing, isocenter=centre).cameras()
-    baseline = _peak_rss_mb()
+    loaded_rss = _current_rss_mb()
     render(volume, cameras[0], config)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -60,13 +67,10 @@ def measure_render(ct: Path, pixels: int, spacing: float, chunk: int | None, dev
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - started) / views
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _peak_rss_mb() - baseline
-    return {
-        "seconds_per_view": seconds,
-        "peak_memory_mb": peak,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-    }
+    figures = {"seconds_per_view": seconds, "device": str(device), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        return {**figures, "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20}
+    return {**figures, "rss_after_loading_mb": loaded_rss, "peak_rss_mb": _peak_rss_mb()}
 
 
 def measure_carving(cases: int) -> dict:

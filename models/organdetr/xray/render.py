@@ -52,16 +52,18 @@ class AttenuationVolume:
     ) -> AttenuationVolume:
         """From a CT in Hounsfield units: ``mu = mu_water (1 + HU / 1000)``, negative values (below air) clipped."""
         hu = torch.from_numpy(sitk.GetArrayFromImage(image).astype(np.float32)).to(device)
-        values = (config.mu_water_per_mm * (1.0 - hu / HU_AIR)).clamp_(min=0.0)
+        values = hu.div_(-HU_AIR).add_(1.0).mul_(config.mu_water_per_mm).clamp_(min=0.0)  # in place: one copy in memory
         index_to_world = index_to_physical_matrix(image)
         # Air adds nothing to a line integral: crop to the attenuating voxels so rays skip the air around the body
         # (an OpenKBP scan's field is often three times as wide as the neck). One voxel of air is kept around them:
         # trilinear interpolation falls off over a voxel, so the images stay exactly those of the whole volume.
-        occupied = torch.nonzero(values > 0)
-        if len(occupied):
-            last_index = torch.tensor(values.shape) - 1
-            first_kji = (occupied.amin(dim=0) - 1).clamp(min=0).tolist()
-            last_kji = torch.minimum(occupied.amax(dim=0) + 1, last_index).tolist()
+        occupied = values > 0
+        if bool(occupied.any()):
+            first_kji, last_kji = [], []
+            for axis in range(3):  # per-axis projections: no index list of every voxel (GBs for a 512^2 CT)
+                along = torch.nonzero(occupied.any(dim=tuple(a for a in range(3) if a != axis)))[:, 0]
+                first_kji.append(max(int(along[0]) - 1, 0))
+                last_kji.append(min(int(along[-1]) + 1, values.shape[axis] - 1))
             values = values[tuple(slice(a, b + 1) for a, b in zip(first_kji, last_kji, strict=True))]
             shift = np.eye(4)
             shift[:3, 3] = first_kji[::-1]
