@@ -205,3 +205,20 @@ def test_console_script_prints_no_traceback(rendered: tuple[Path, Path], tmp_pat
     assert completed.returncode == 2
     assert completed.stderr.strip().splitlines() == [completed.stderr.strip()]
     assert "Traceback" not in completed.stderr and "not orthonormal" in completed.stderr
+
+
+def test_render_never_replaces_silently_and_leaves_no_partial_folders(
+    pt_201: HeadNeckCase, rendered: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    views, _ = rendered
+    target = tmp_path / "views"
+    shutil.copytree(views, target)
+    (target / "marker.txt").write_text("old")
+    render = ["xray", "render", str(pt_201.ct_path), *RENDER_SETTINGS]
+    assert main([*render, "-o", str(target)]) == 2
+    assert "already exists" in capsys.readouterr().err and (target / "marker.txt").exists()
+    assert main([*render, "-o", str(tmp_path / "missing" / "views")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([*render, "-o", str(target), "--overwrite"]) == 0
+    assert not (target / "marker.txt").exists() and (target / "views.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["views"]  # no staging or retired folders left

@@ -96,7 +96,7 @@ def _render(args: argparse.Namespace) -> int:
     from organdetr.xray.render import AttenuationVolume, render_views
     from organdetr.xray.scenes import organ_corners, scan_centre
     from organdetr.xray.silhouettes import silhouette_boxes
-    from organdetr.xray.views_file import ViewSet, write_views
+    from organdetr.xray.views_file import ViewSet, check_views_output, write_views
 
     from .image_io import image_info, read_image
     from .output_file import check_writable
@@ -104,8 +104,7 @@ def _render(args: argparse.Namespace) -> int:
     if (args.label is None) != (args.boxes2d is None):
         raise UserInputError("--label and --boxes2d go together")
     output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise UserInputError(f"{output}: already exists; choose another name or pass --overwrite")
+    check_views_output(output, args.overwrite)
     if args.boxes2d is not None:
         check_writable(Path(args.boxes2d), args.overwrite)
     class_names = _class_names(args.classes)

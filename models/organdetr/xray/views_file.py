@@ -90,11 +90,11 @@ class ViewsDocument(_Strict):
 
 @dataclass(eq=False)
 class ViewSet:
-    """Views in memory: cameras, images ``[views, rows, columns]`` (float32; None when only the geometry was read)
-    and what the file says about the acquisition."""
+    """Views in memory: cameras, images ``[views, rows, columns]`` (float32) and what the file says about the
+    acquisition."""
 
     cameras: list[Camera]
-    images: torch.Tensor | None
+    images: torch.Tensor
     isocenter: np.ndarray  # given, or the point nearest to the principal rays
     volume: ImageInfo | None = None
     c_arm: CArmGeometry | None = None
@@ -156,9 +156,8 @@ def _read_view_image(folder: Path, index: int, view: ViewEntry) -> np.ndarray:
     return pixels
 
 
-def read_views(folder: str | os.PathLike, load_images: bool = True) -> ViewSet:
-    """Read and validate a views folder; ``load_images=False`` reads only the geometry (images are then not
-    checked, which is for tools that need no pixels)."""
+def read_views(folder: str | os.PathLike) -> ViewSet:
+    """Read and validate a views folder: ``views.json`` and every image."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserInputError(f"{folder}: not a views folder (expected a folder holding {VIEWS_FILE})")
@@ -167,9 +166,7 @@ def read_views(folder: str | os.PathLike, load_images: bool = True) -> ViewSet:
     cameras = [_camera(path, i, view) for i, view in enumerate(document.views)]
     if len({(c.rows, c.columns) for c in cameras}) != 1:
         raise UserInputError(f"{path}: views have different detector sizes; all must be equal")
-    images = None
-    if load_images:
-        images = torch.from_numpy(np.stack([_read_view_image(folder, i, v) for i, v in enumerate(document.views)]))
+    images = torch.from_numpy(np.stack([_read_view_image(folder, i, v) for i, v in enumerate(document.views)]))
     c_arm = None
     if document.c_arm is not None:
         try:
@@ -211,16 +208,19 @@ def _document(views: ViewSet) -> ViewsDocument:
     )
 
 
-def write_views(folder: str | os.PathLike, views: ViewSet, overwrite: bool = False) -> Path:
-    """Write ``views`` (images required) as ``folder``: built in a hidden sibling folder, then renamed into place,
-    so the folder is complete or absent. An existing folder is replaced only with ``overwrite``."""
-    folder = Path(folder)
-    if views.images is None:
-        raise ValueError("write_views needs the images")
+def check_views_output(folder: Path, overwrite: bool) -> None:
+    """Refuse (one line) a views folder that exists (unless ``overwrite``) or whose parent does not."""
     if folder.exists() and not overwrite:
         raise UserInputError(f"{folder}: already exists; choose another name or pass --overwrite")
     if not folder.parent.is_dir():
         raise UserInputError(f"{folder}: folder {folder.parent} does not exist")
+
+
+def write_views(folder: str | os.PathLike, views: ViewSet, overwrite: bool = False) -> Path:
+    """Write ``views`` as ``folder``: built in a hidden sibling folder, then renamed into place,
+    so the folder is complete or absent. An existing folder is replaced only with ``overwrite``."""
+    folder = Path(folder)
+    check_views_output(folder, overwrite)
     staging = _new_sibling(folder, "partial")
     try:
         for i, image in enumerate(views.images.detach().cpu().numpy().astype(np.float32)):
