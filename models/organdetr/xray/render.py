@@ -2,8 +2,8 @@
 
 Each pixel's ray runs from the source through the pixel centre (:mod:`organdetr.xray.camera`), is clipped to the
 volume's outer voxel edges (so air outside the scan adds nothing and no samples are wasted) and is sampled at evenly
-spaced midpoints no further apart than ``step_voxels``; trilinear interpolation (``grid_sample``) of the attenuation
-gives the integrand.
+spaced midpoints at most ``step_voxels`` apart along the index axis the ray crosses fastest; trilinear interpolation
+(``grid_sample``) of the attenuation gives the integrand.
 The pixel value is ``integral mu ds`` (dimensionless: ``mu`` per mm times mm), what a log-converted radiograph
 ``-log(I / I0)`` measures. Rays are processed in chunks of at most ``max_samples_per_chunk`` samples, which bounds
 memory whatever the detector and volume sizes. The volume may have any orientation: rays are traced in its continuous
@@ -12,7 +12,6 @@ index space, so RAS, LPS or oblique files of the same anatomy give the same imag
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ HU_AIR = -1000.0
 class RenderConfig:
     """Ray-marching settings."""
 
-    step_voxels: float = 0.5  # longest sample spacing along a ray, in units of the volume's smallest voxel edge
+    step_voxels: float = 0.5  # sample spacing along a ray, in voxels of the index axis the ray crosses fastest
     max_samples_per_chunk: int = 1 << 22  # ~100 MB of sample coordinates and values per chunk (float32)
     mu_water_per_mm: float = MU_WATER_PER_MM
 
@@ -102,7 +101,6 @@ def render_views(
     device = volume.values.device
     world_to_index = np.linalg.inv(volume.index_to_world)
     shape_ijk = torch.tensor(volume.shape_ijk, dtype=torch.float64, device=device)
-    step_mm = config.step_voxels * min(volume.spacing)
     images = []
     for camera in cameras:
         # Ray parameter t is in world mm along unit world directions; geometry in float64, sampling in float32.
@@ -112,13 +110,16 @@ def render_views(
         directions = directions_world @ linear.T
         entry, exit_ = _clip_to_volume(source, directions, shape_ijk)
         length = (exit_ - entry).clamp(min=0.0)
+        # Samples per ray: no index axis advances more than step_voxels voxels between samples (the sampling a
+        # trilinear field needs along that ray; a ray across 5 mm voxels needs fewer samples than one along 2 mm).
+        voxels_crossed = length * directions.abs().amax(dim=-1)
+        counts = torch.ceil(voxels_crossed / config.step_voxels).clamp(min=1.0)
         integral = torch.zeros(len(length), dtype=torch.float32, device=device)
-        longest = float(length.max()) if len(length) else 0.0
-        if longest > 0.0:
-            rays_per_chunk = max(1, config.max_samples_per_chunk // math.ceil(longest / step_mm))
+        if len(length) and float(length.max()) > 0.0:
+            rays_per_chunk = max(1, config.max_samples_per_chunk // int(counts.max()))
             for start in range(0, len(length), rays_per_chunk):
                 chunk = slice(start, start + rays_per_chunk)
-                integral[chunk] = _march(volume, source, directions[chunk], entry[chunk], length[chunk], step_mm)
+                integral[chunk] = _march(volume, source, directions[chunk], entry[chunk], length[chunk], counts[chunk])
         images.append(integral.reshape(camera.rows, camera.columns))
     return torch.stack(images)
 
@@ -129,12 +130,11 @@ def _march(
     directions: torch.Tensor,
     entry: torch.Tensor,
     length: torch.Tensor,
-    step_mm: float,
+    counts: torch.Tensor,
 ) -> torch.Tensor:
-    """Midpoint-rule integrals of a chunk of clipped rays. Each ray gets ``ceil(length / step_mm)`` equal steps of
-    its own, so a pixel's value does not depend on which rays share its chunk."""
-    counts = torch.ceil(length / step_mm).clamp(min=1.0)
-    step = length / counts  # per ray, <= step_mm
+    """Midpoint-rule integrals of a chunk of clipped rays, each with ``counts`` equal steps of its own, so a pixel's
+    value does not depend on which rays share its chunk."""
+    step = length / counts
     samples = int(counts.max())
     sizes = torch.tensor(volume.shape_ijk, dtype=torch.float64, device=source.device)
     # align_corners=True: -1 and +1 are the centres of the first and last voxels; grid order (x, y, z) = (i, j, k).
