@@ -8,3 +8,4 @@ class UserInputError(ValueError):
     """
 
     http_status = 400
+    code = "bad_input"  # the service's error code

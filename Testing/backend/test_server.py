@@ -272,6 +272,25 @@ def test_bad_images_get_a_4xx_and_the_server_keeps_serving(client, bad_uploads, 
     assert client.get("/v1/health").status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (np.full((16, 16, 16), 40, dtype=np.int16), "constant volume"),
+        (np.linspace(2000, 3000, 16**3, dtype=np.float32).reshape(16, 16, 16), "no tissue"),
+    ],
+)
+@pytest.mark.parametrize("endpoint", ["/v1/detect", "/v1/jobs"])
+def test_what_is_not_a_ct_of_a_person_gets_422(client, tmp_path, values, message, endpoint) -> None:
+    path = _write(sitk.GetImageFromArray(values), tmp_path / "phantom.nrrd")
+    response = client.post(endpoint, **upload(path))
+    if endpoint == "/v1/jobs":  # a valid image: the job fails on its content, and its result says why
+        job_id = response.json()["job_id"]
+        assert wait_finished(client, job_id)["status"] == "failed"
+        response = client.get(f"/v1/jobs/{job_id}/result")
+    error = assert_error(response, 422)
+    assert error["code"] == "not_a_ct" and message in error["message"]
+
+
 def test_bad_requests_get_4xx_json(client: httpx.Client, small_abdomen_ct) -> None:
     assert_error(client.post("/v1/detect", json={"image": "ct.nii.gz"}), 400)  # not multipart
     assert_error(client.post("/v1/detect", data={"top_k": "2"}, files={"other": ("a.txt", b"x")}), 400)

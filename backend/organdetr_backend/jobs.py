@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 # Why a job did not finish: the server maps these to HTTP status codes.
-ErrorCode = Literal["bad_input", "internal_error", "cancelled"]
+ErrorCode = Literal["bad_input", "not_a_ct", "internal_error", "cancelled"]
 FINISHED: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 # How a run ended: (status, stage, error message, error code).
 Outcome = tuple[JobStatus, str, str | None, ErrorCode | None]
@@ -257,7 +257,7 @@ class JobQueue:
         except JobCancelled:
             outcome: Outcome = CANCELLED
         except UserInputError as error:
-            outcome = ("failed", "failed", str(error), "bad_input")
+            outcome = ("failed", "failed", str(error), error.code)
         except Exception as error:  # a bug or an exhausted device must not kill the worker
             logger.exception("job %s failed", job.id)
             outcome = ("failed", "failed", f"{type(error).__name__}: {error}", "internal_error")

@@ -35,7 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from organdetr.checkpoint import DEFAULT_MODEL_DIR
-from organdetr.errors import UserInputError
+from organdetr.errors import NotAPatientCTError, UserInputError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -124,7 +124,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UserInputError)
     async def bad_input(_: Request, error: UserInputError) -> JSONResponse:
-        return _error_response(400, "bad_input", str(error))
+        return _error_response(error.http_status, error.code, str(error))
 
     @app.exception_handler(UploadTooLarge)
     async def too_large(_: Request, error: UploadTooLarge) -> JSONResponse:
@@ -173,12 +173,19 @@ def _parse_options(fields: dict[str, str]) -> DetectOptions:
         raise ApiError(422, "invalid_options", _first_validation_problem(error.errors())) from None
 
 
+# HTTP status of a job that failed on its input, by error code (as the exceptions' own http_status says).
+INPUT_ERROR_STATUS = {
+    UserInputError.code: UserInputError.http_status,
+    NotAPatientCTError.code: NotAPatientCTError.http_status,
+}
+
+
 def _job_outcome_error(job: Job) -> ApiError | None:
     """Why a job's result cannot be served (None when it can)."""
     if job.status == "done":
         return None
-    if job.status == "failed" and job.error_code == "bad_input":
-        return ApiError(400, "bad_input", job.error or "bad input")
+    if job.status == "failed" and job.error_code in INPUT_ERROR_STATUS:
+        return ApiError(INPUT_ERROR_STATUS[job.error_code], job.error_code, job.error or "bad input")
     if job.status == "failed":
         return ApiError(500, "internal_error", job.error or "internal error")
     if job.status == "cancelled":

@@ -10,3 +10,4 @@ class NotAPatientCTError(UserInputError):
     """A readable image that is not a CT of a person (all NaN, constant, no voxel in the body's HU range)."""
 
     http_status = 422
+    code = "not_a_ct"
