@@ -1,7 +1,8 @@
 """Atomic file writes: write a temporary file in the target's folder, then ``os.replace`` it into place.
 
 Readers never see a partial file, and a failed write leaves the previous file (or none) untouched. The one mechanism
-behind checkpoints, training logs, metrics, result exports and images.
+behind checkpoints, training logs, metrics, result exports and images. The file ends up with the permissions a plain
+``open()`` would give it (the umask's), not the private 0600 of a temporary file.
 """
 
 from __future__ import annotations
@@ -11,6 +12,22 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+_PROC_STATUS = Path("/proc/self/status")
+_NEW_FILE_MODE = 0o666  # what open() asks for; the umask takes away from it
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux), else by setting and restoring."""
+    try:
+        for line in _PROC_STATUS.read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split(":", 1)[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -23,6 +40,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     temp = Path(temp_name)
     try:
         yield temp
+        os.chmod(temp, _NEW_FILE_MODE & ~current_umask())
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,14 @@ def test_shipped_default_model_finds_every_organ_of_the_bundled_ct(head_neck_cas
     print(ious)
     # Measured at release: 0.33-0.68 per organ, mean 0.55 (see the model card); a broken model or geometry gives ~0.
     assert len(ious) == 7 and min(ious.values()) > 0.2 and sum(ious.values()) / 7 > 0.4
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_checkpoint_files_follow_the_umask(tmp_path, tiny_config, umask, mode) -> None:
+    """Atomic writes (checkpoints, logs, metrics, exports) give files the mode a plain open() would."""
+    previous = os.umask(umask)
+    try:
+        directory = save_checkpoint(tmp_path / "model", build_model(tiny_config.model), tiny_config)
+    finally:
+        os.umask(previous)
+    assert {stat.S_IMODE(path.stat().st_mode) for path in directory.iterdir()} == {mode}

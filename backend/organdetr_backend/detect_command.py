@@ -29,7 +29,7 @@ from organdetr.errors import UserInputError
 
 from .cli import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE
 from .organ_selection import check_organ_names, parse_organ_names
-from .output_file import check_writable, follow_umask, full_suffix
+from .output_file import check_writable, full_suffix
 
 DEFAULT_TOP_K = 3
 MAX_TOP_K = 20
@@ -258,7 +258,6 @@ def _process(task: Task, predictor, args: argparse.Namespace, write_result: Call
         print(render_result(prediction.result), flush=True)
     else:
         write_result(prediction.result, task.result, overwrite=args.overwrite)
-        follow_umask(task.result)
     if task.seg_preview is not None and prediction.segmentation is not None:
         with atomic_output(task.seg_preview, args.overwrite) as temp:
             sitk.WriteImage(prediction.segmentation, str(temp), useCompression=True)
@@ -279,7 +278,6 @@ def _write_batch_csv(path: Path, rows_by_input: list[tuple[Path, str]], overwrit
             writer.writerow([BATCH_CSV_INPUT_COLUMN, *header])
         writer.writerows([str(input_path), *row] for row in rows)
     atomic_write_text(path, buffer.getvalue(), overwrite=overwrite)
-    follow_umask(path)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,5 +1,4 @@
-"""Atomic creation of output files that a library writes by path (PNG figures, images written by SimpleITK), and the
-permissions of every file ``organdetr`` writes for the user."""
+"""Atomic creation of output files that a library writes by path (PNG figures, images written by SimpleITK)."""
 
 from __future__ import annotations
 
@@ -10,9 +9,6 @@ from pathlib import Path
 
 from organdetr.atomic_file import atomic_path
 from organdetr.errors import UserInputError
-
-_PROC_STATUS = Path("/proc/self/status")
-_NEW_FILE_MODE = 0o666  # what open() asks for; the umask takes away from it
 
 
 def full_suffix(path: Path) -> str:
@@ -34,25 +30,6 @@ def check_writable(path: Path, overwrite: bool) -> None:
         raise UserInputError(f"{path}: folder {path.parent} does not exist")
 
 
-def current_umask() -> int:
-    """The process umask, read without changing it where the OS allows (Linux), else by setting and restoring."""
-    try:
-        for line in _PROC_STATUS.read_text(encoding="ascii").splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split(":", 1)[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
-
-
-def follow_umask(path: str | os.PathLike) -> None:
-    """Give a file the permissions a plain ``open()`` would have (the atomic writer's temporary files are private,
-    0600, which would make results unreadable to the user's group or a shared results folder)."""
-    os.chmod(path, _NEW_FILE_MODE & ~current_umask())
-
-
 @contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder (same extension); on success it replaces ``path`` atomically.
@@ -64,4 +41,3 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     check_writable(path, overwrite)
     with atomic_path(path, suffix=full_suffix(path)) as temp:
         yield temp
-        follow_umask(temp)

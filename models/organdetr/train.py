@@ -125,8 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads for this process (default: torch's choice); on a shared or busy CPU, 1 thread per process "
-        "avoids OpenMP spinning that can slow a step tenfold",
+        help="CPU threads for this process (default: one per core that other programs leave free, with passive "
+        "OpenMP waiting, as for every organdetr command)",
     )
     parser.add_argument(
         "--cache-dir",
