@@ -85,39 +85,21 @@ class MV2D(nn.Module):
         view_outputs = self.detector(images.reshape(batch * views, 1, rows, columns))
         detections = decode(view_outputs)
         cells = token_pixels(rows, columns, view_outputs.stride, images.device)
-        queries, positions, memories, memory_positions, masks, references = [], [], [], [], [], []
+        targets, memories, masks, references = [], [], [], []
         for b in range(batch):
             stack = CameraStack.from_cameras(cameras[b], images.device)
             frame = IsocentreFrame(isocenters[b].float(), self.config.frame_half_extent_mm)
             scene = slice(b * views, (b + 1) * views)
-            boxes, features = detections.boxes[scene], detections.features[scene]  # [V, K, 4], [V, K, C]
-            centres = ((boxes[..., :2] + boxes[..., 2:]) / 2).transpose(0, 1)  # [K, V, 2]
-            offset = self.config.max_depth_offset_mm * torch.tanh(self.depth_head(features)[..., 0]).transpose(0, 1)
-            depths = isocentre_depths(stack, frame.isocenter)[None, :] + offset  # [K, V]
-            points = reference_points(stack, centres, depths).transpose(0, 1).reshape(-1, 3)  # [V * K, 3] view-major
-            normalised = frame.normalise_points(points).clamp(0.0, 1.0)
-            classes = torch.arange(self.config.num_classes, device=images.device).repeat(views)
-            queries.append(self.query_content(features.reshape(-1, features.shape[-1])) + self.class_embedding(classes))
-            positions.append(self.query_position(sine_encode_points(normalised, self.config.d_model)))
-            # Memory: every view's cells, placed at the isocentre's depth on their rays for the positional code.
-            cell_depths = isocentre_depths(stack, frame.isocenter)[:, None].expand(-1, len(cells))
-            cell_points = stack.unproject(cells[:, None, :].expand(-1, views, 2), cell_depths.T).transpose(0, 1)
-            cell_code = sine_encode_points(frame.normalise_points(cell_points).clamp(0.0, 1.0), self.config.d_model)
-            memories.append(self.memory_content(view_outputs.features[scene].flatten(2).transpose(1, 2)).flatten(0, 1))
-            memory_positions.append(self.memory_position(cell_code).flatten(0, 1))
-            size_px = (boxes[..., 2:] - boxes[..., :2]).amax(dim=-1).reshape(-1)  # [V * K]
-            focal = stack.intrinsics[:, 0, 0].repeat_interleave(self.config.num_classes)
-            radius = 0.5 * size_px * depths.transpose(0, 1).reshape(-1) / focal + self.config.attention_margin_mm
+            target, points, radius = self._queries(stack, frame, detections.boxes[scene], detections.features[scene])
             own_view = torch.arange(views, device=images.device).repeat_interleave(self.config.num_classes)
             own_cell = detections.indices[scene].reshape(-1)
-            mask = relevant_view_mask(stack, points, radius.detach(), own_view, own_cell, cells, view_outputs.stride)
-            masks.append(mask)
-            references.append(normalised)
-        target = torch.stack(queries) + torch.stack(positions)
-        memory = torch.stack(memories) + torch.stack(memory_positions)
-        blocked = ~torch.stack(masks)  # [B, Q, S]
-        attention_mask = blocked.repeat_interleave(self.config.num_heads, dim=0)  # [B * heads, Q, S]
-        reference = torch.stack(references)
+            masks.append(relevant_view_mask(stack, points, radius, own_view, own_cell, cells, view_outputs.stride))
+            memories.append(self._memory(stack, frame, view_outputs.features[scene], cells))
+            targets.append(target)
+            references.append(frame.normalise_points(points).clamp(0.0, 1.0))
+        target, memory, reference = torch.stack(targets), torch.stack(memories), torch.stack(references)
+        # nn.MultiheadAttention: True = may not attend; one mask per scene and head.
+        attention_mask = (~torch.stack(masks)).repeat_interleave(self.config.num_heads, dim=0)
         layer_outputs = []
         for layer in self.layers:
             target = layer(target, memory, memory_mask=attention_mask)
@@ -127,6 +109,36 @@ class MV2D(nn.Module):
         outputs["view_outputs"] = view_outputs
         outputs["reference_points"] = reference
         return outputs
+
+    def _queries(
+        self, cameras: CameraStack, frame: IsocentreFrame, boxes: Tensor, features: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One scene's queries from its detections (``boxes`` ``[V, K, 4]``, ``features`` ``[V, K, C]``): the
+        decoder input ``[V * K, d]`` (content + position; view-major), reference points ``[V * K, 3]`` (world mm)
+        and the radius ``[V * K]`` (mm, no gradient) of each query's relevant region."""
+        views, classes = boxes.shape[:2]
+        centres = ((boxes[..., :2] + boxes[..., 2:]) / 2).transpose(0, 1)  # [K, V, 2]
+        offset = self.config.max_depth_offset_mm * torch.tanh(self.depth_head(features)[..., 0]).transpose(0, 1)
+        depths = isocentre_depths(cameras, frame.isocenter)[None, :] + offset  # [K, V]
+        points = reference_points(cameras, centres, depths).transpose(0, 1).reshape(-1, 3)
+        code = sine_encode_points(frame.normalise_points(points).clamp(0.0, 1.0), self.config.d_model)
+        organ = torch.arange(classes, device=boxes.device).repeat(views)
+        content = self.query_content(features.reshape(views * classes, -1)) + self.class_embedding(organ)
+        # The relevant region: a ball of the detection's half size at its depth, plus a margin.
+        size_px = (boxes[..., 2:] - boxes[..., :2]).amax(dim=-1).reshape(-1)
+        focal = cameras.intrinsics[:, 0, 0].repeat_interleave(classes)
+        radius = 0.5 * size_px * depths.transpose(0, 1).reshape(-1) / focal + self.config.attention_margin_mm
+        return content + self.query_position(code), points, radius.detach()
+
+    def _memory(self, cameras: CameraStack, frame: IsocentreFrame, features: Tensor, cells: Tensor) -> Tensor:
+        """One scene's keys and values ``[V * h * w, d]``: every view's feature cells with the positional code of the
+        point where the cell's ray passes the isocentre's depth."""
+        views = features.shape[0]
+        depth = isocentre_depths(cameras, frame.isocenter)[None, :].expand(len(cells), -1)  # [h*w, V]
+        points = cameras.unproject(cells[:, None, :].expand(-1, views, 2), depth).transpose(0, 1)  # [V, h*w, 3]
+        code = sine_encode_points(frame.normalise_points(points).clamp(0.0, 1.0), self.config.d_model)
+        content = self.memory_content(features.flatten(2).transpose(1, 2))  # [V, h*w, d]
+        return (content + self.memory_position(code)).flatten(0, 1)
 
     def _heads(self, target: Tensor, reference: Tensor) -> dict[str, Tensor]:
         delta = self.box_head(target)
