@@ -222,3 +222,17 @@ def test_render_never_replaces_silently_and_leaves_no_partial_folders(
     assert main([*render, "-o", str(target), "--overwrite"]) == 0
     assert not (target / "marker.txt").exists() and (target / "views.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["views"]  # no staging or retired folders left
+
+
+@pytest.mark.parametrize(
+    ("arguments", "threads"),
+    [
+        (["xray", "carve", "v", "--boxes2d", "b.json"], None),
+        (["xray", "carve", "v", "--boxes2d", "b.json", "--threads", "3"], 3),
+        (["xray", "--threads", "2", "render", "ct.nii.gz", "-o", "v"], 2),
+    ],
+)
+def test_threads_option_before_or_after_the_xray_command(arguments: list[str], threads: int | None) -> None:
+    from organdetr_backend.cli import build_parser
+
+    assert build_parser().parse_args(arguments).threads == threads
