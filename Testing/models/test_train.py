@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from openkbp_dataset import write_dataset_json
+from openkbp_dataset import CLASS_NAMES, write_dataset_json
 from organdetr.config import DetectorConfig, SegmentationBranchConfig
 from organdetr_backend.cli import main
 from safetensors.torch import load_file
@@ -59,7 +59,12 @@ def test_training_steps_reduce_the_loss_and_write_the_run_folder(setup, tmp_path
     assert main(["evaluate", "--model", str(output / "last"), "--data", str(setup[0]), "--output",
                  str(metrics_path), "--device", "cpu", "--quicklook", str(tmp_path / "look")]) == 0  # fmt: skip
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    assert set(metrics) >= {"mAP", "AP50", "AP75", "mAR", "mAP_nndet", "per_class"}
+    assert set(metrics) >= {"mAP", "AP50", "AP75", "mAR", "mAP_nndet", "per_class", "per_case"}
+    (case,) = metrics["per_case"]
+    assert case["case"] == "openkbp_pt_201" and set(case["organs"]) == set(CLASS_NAMES)
+    present = [organ for organ in case["organs"].values() if organ["present"]]
+    assert present and all(0.0 <= organ["iou"] <= 1.0 for organ in present)  # small organs may vanish at 32^3
+    assert all(organ["iou"] is None for organ in case["organs"].values() if not organ["present"])
     assert metrics["mAP"] == pytest.approx(rows[-1]["val_mAP"])  # validation in training is the same evaluation
     assert (tmp_path / "look" / "openkbp_pt_201.png").is_file()
     # A finished run folder is not overwritten by a new run.
@@ -85,6 +90,16 @@ def test_resume_continues_exactly(setup, tmp_path) -> None:
     moments = [state["optimizer"]["state"][0]["exp_avg_sq"] for state in states]
     torch.testing.assert_close(moments[1], moments[0], rtol=1e-5, atol=1e-9)
     assert [row["step"] for row in history(tmp_path / "split")] == [1, 2, 3]
+
+
+def test_finished_runs_and_warm_up_longer_than_the_run_are_reported(setup, tmp_path, capsys) -> None:
+    run = tmp_path / "short"
+    assert train(setup, run, "--epochs", "1", "--batch-size", "2", "--warmup-steps", "5", "--no-augment") == 0
+    assert "never reaches its peak" in capsys.readouterr().err
+    steps = [row["step"] for row in history(run)]
+    assert train(setup, run, "--resume") == 0
+    assert "already finished its 1 epochs" in capsys.readouterr().err
+    assert [row["step"] for row in history(run)] == steps  # nothing trained again
 
 
 def _free_port() -> int:

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 import torch
 from organdetr.checkpoint import load_checkpoint
 from organdetr.inference import InferenceOutput, run_detector, select_device
-from organdetr.preprocess import PreprocessedVolume, index_to_physical_matrix, preprocess_image
+from organdetr.preprocess import PreprocessedVolume, network_to_physical_matrix, preprocess_image
 
 from .ct_content import check_ct_content
 from .geometry import network_box_to_image
@@ -77,11 +77,10 @@ def _cpu_name() -> str:
 def network_grid_to_image(label_map: torch.Tensor, volume: PreprocessedVolume, reference: sitk.Image) -> sitk.Image:
     """Resample a network-grid label map ``[D0, D1, D2]`` onto ``reference``'s grid (nearest neighbour).
 
-    The network grid is given its exact physical geometry (``index_to_physical(reference) @ inv(index_to_network)``,
-    a scaled axis permutation of the reference's axes), so the resampling needs no transform and stays exact for
-    oblique images.
+    The network grid is given its exact physical geometry (:func:`network_to_physical_matrix`), so the resampling
+    needs no transform and stays exact for oblique images.
     """
-    network_to_physical = index_to_physical_matrix(reference) @ np.linalg.inv(volume.index_to_network)
+    network_to_physical = network_to_physical_matrix(reference, volume.index_to_network)
     axes = network_to_physical[:3, :3]
     spacing = np.linalg.norm(axes, axis=0)
     labels = label_map.detach().cpu().numpy()

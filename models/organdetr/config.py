@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-CONFIG_SCHEMA_VERSION = 1
+# 2: physical-space preprocessing, presence, refinement, segmentation branch, quality head (1 still reads).
+CONFIG_SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -272,7 +274,13 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
-        return _from_dict(cls, data)
+        version = data.get("schema_version", CONFIG_SCHEMA_VERSION) if isinstance(data, dict) else None
+        if not isinstance(version, int) or version > CONFIG_SCHEMA_VERSION:
+            raise ValueError(
+                f"config schema_version {version!r} is newer than this organdetr reads ({CONFIG_SCHEMA_VERSION}); "
+                "update organdetr"
+            )
+        return _from_dict(cls, {**data, "schema_version": CONFIG_SCHEMA_VERSION})
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> DetectorConfig:
@@ -285,41 +293,26 @@ def _tuples(value: Any) -> Any:
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a (nested) dataclass from plain JSON data; unknown keys are an error, missing keys take defaults."""
+    """Rebuild a (nested) dataclass from plain JSON data; unknown keys are an error, missing keys take defaults.
+
+    Nested configs are found from the type hints, so a new config class needs no registration here.
+    """
     if not isinstance(data, dict):
         raise ValueError(f"expected an object for {cls.__name__}, got {type(data).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(known)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
-    hints = {name: f.type for name, f in known.items()}
+    hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        nested = _NESTED.get(hints[name])
-        if nested is not None:
-            kwargs[name] = _from_dict(nested, value)
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _from_dict(hints[name], value)
         elif isinstance(value, list):
             kwargs[name] = _tuples(value)
         else:
             kwargs[name] = value
     return cls(**kwargs)
-
-
-_NESTED: dict[str, type] = {
-    "BackboneConfig": BackboneConfig,
-    "MSAConfig": MSAConfig,
-    "DecoderConfig": DecoderConfig,
-    "ModelConfig": ModelConfig,
-    "SegmentationBranchConfig": SegmentationBranchConfig,
-    "MatcherConfig": MatcherConfig,
-    "LossConfig": LossConfig,
-    "PreprocessConfig": PreprocessConfig,
-    "PresenceConfig": PresenceConfig,
-    "BoxRefinementConfig": BoxRefinementConfig,
-    "FieldOfViewConfig": FieldOfViewConfig,
-    "AugmentConfig": AugmentConfig,
-    "TrainConfig": TrainConfig,
-}
 
 
 def small_model_config(num_classes: int) -> ModelConfig:

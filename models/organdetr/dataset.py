@@ -25,11 +25,17 @@ import SimpleITK as sitk
 import torch
 from monai import transforms as mt
 
+from .atomic_file import atomic_path
 from .box_ops import boxes_from_label_map
 from .config import AugmentConfig, FieldOfViewConfig, PreprocessConfig
 from .errors import UserInputError
 from .field_of_view import sample_training_window
-from .preprocess import PreprocessedVolume, index_to_physical_matrix, preprocess_image, preprocess_label
+from .preprocess import (
+    PreprocessedVolume,
+    network_to_physical_matrix,
+    preprocess_image,
+    preprocess_label,
+)
 
 SPLITS = ("training", "validation", "test")
 # Organs smaller than this (after resampling / augmentation) are fragments, not detectable objects (as in v1).
@@ -172,8 +178,7 @@ class PreprocessedCase:
 
 def network_spacing_mm(image: sitk.Image, index_to_network: np.ndarray) -> np.ndarray:
     """Physical length (mm) of one network voxel step along each network axis."""
-    network_to_physical = index_to_physical_matrix(image) @ np.linalg.inv(index_to_network)
-    return np.linalg.norm(network_to_physical[:3, :3], axis=0)
+    return np.linalg.norm(network_to_physical_matrix(image, index_to_network)[:3, :3], axis=0)
 
 
 def median_spacing(records: Sequence[CaseRecord], orientation: str) -> tuple[float, float, float]:
@@ -266,16 +271,15 @@ class CaseCache:
                 )
         case = preprocess_case(record, self.class_names, self.config)
         self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = file.with_suffix(".tmp.npz")
-        np.savez(
-            temporary,
-            image=case.image.numpy(),
-            label_map=case.label_map.numpy(),
-            annotated=case.annotated.numpy(),
-            index_to_network=case.index_to_network,
-            network_spacing_mm=case.network_spacing_mm,
-        )
-        temporary.replace(file)
+        with atomic_path(file, suffix=".npz") as temporary:  # np.savez appends .npz to other names
+            np.savez(
+                temporary,
+                image=case.image.numpy(),
+                label_map=case.label_map.numpy(),
+                annotated=case.annotated.numpy(),
+                index_to_network=case.index_to_network,
+                network_spacing_mm=case.network_spacing_mm,
+            )
         return case
 
 

@@ -21,6 +21,12 @@ from .atomic_file import atomic_write_text
 from .config import DetectorConfig
 from .errors import UserInputError
 
+# Names of the maximum-intensity projections along each network axis, for the LPS network orientation.
+PROJECTION_NAMES = {
+    ("LPS", 0): "sagittal (along right-left)",
+    ("LPS", 1): "coronal (along anterior-posterior)",
+    ("LPS", 2): "axial (along head-foot)",
+}
 QUICKLOOK_COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:cyan", "tab:olive")
 
 
@@ -57,6 +63,23 @@ def _image_detections(case, output, boxes: list[torch.Tensor], gt_classes: torch
     )
 
 
+def _case_organs(image, class_names: Sequence[str]) -> dict[str, dict]:
+    """Per annotated organ of one case: presence, score, whether it is in the case and the IoU of its box."""
+    from .box_ops import pairwise_iou
+
+    organs = {}
+    for k in image.annotated.nonzero()[:, 0].tolist():
+        truth = image.gt_boxes[image.gt_classes == k]
+        predicted = image.pred_boxes[image.pred_classes == k]
+        organs[class_names[k]] = {
+            "present": bool(len(truth)),
+            "presence": float(image.presence[k]),
+            "score": float(image.pred_scores[image.pred_classes == k][0]),
+            "iou": float(pairwise_iou(predicted[:1], truth[:1])[0, 0]) if len(truth) else None,
+        }
+    return organs
+
+
 def evaluate_cases(
     model: nn.Module,
     cases: Sequence,
@@ -77,19 +100,21 @@ def evaluate_cases(
 
     class_names = config.class_names
     branch = config.model.segmentation_branch.enabled
-    images, query_images, dice = [], [], []
+    images, query_images, dice, per_case = [], [], [], []
     for case in tqdm(cases, desc="evaluate", unit="case", disable=not progress, leave=False):
         output = run_detector(model, case.volume(), device, config, top_k=1, segmentation=branch)
         gt_classes, gt_boxes = boxes_from_label_map(case.label_map, len(class_names), min_voxels=MIN_OBJECT_VOXELS)
 
         image = _image_detections(case, output, [organ.box for organ in output.organs], gt_classes, gt_boxes)
         images.append(image)
+        per_case.append({"case": case.name, "organs": _case_organs(image, class_names)})
         if branch:
             query_images.append(_image_detections(case, output, output.query_boxes, gt_classes, gt_boxes))
             dice.append(segmentation_dice(output.segmentation, case.label_map, case.annotated))
         if quicklook_dir is not None:
-            save_quicklook(quicklook_dir / f"{case.name}.png", case, image, class_names)
+            save_quicklook(quicklook_dir / f"{case.name}.png", case, image, class_names, config.preprocess.orientation)
     metrics = compute_metrics(images, class_names, presence_threshold=config.presence.threshold)
+    metrics.per_case = per_case
     if branch:
         metrics.query_boxes = compute_metrics(query_images, class_names, presence_threshold=config.presence.threshold)
         metrics.segmentation_dice = {
@@ -99,7 +124,7 @@ def evaluate_cases(
     return metrics
 
 
-def save_quicklook(path: Path, case, image, class_names: Sequence[str]) -> None:
+def save_quicklook(path: Path, case, image, class_names: Sequence[str], orientation: str) -> None:
     """Three maximum-intensity projections with true (solid) and predicted (dashed) boxes of annotated organs."""
     import matplotlib
 
@@ -119,7 +144,7 @@ def save_quicklook(path: Path, case, image, class_names: Sequence[str]) -> None:
             aspect="equal",
             extent=(0, volume.shape[cols] * spacing[cols], volume.shape[rows] * spacing[rows], 0),
         )
-        ax.set_title(f"projection along network axis {projected} (mm)")
+        ax.set_title(f"{PROJECTION_NAMES.get((orientation, projected), f'along network axis {projected}')} (mm)")
         for boxes, classes, style in (
             (image.gt_boxes, image.gt_classes, "-"),
             (image.pred_boxes, image.pred_classes, "--"),
@@ -149,28 +174,23 @@ def save_quicklook(path: Path, case, image, class_names: Sequence[str]) -> None:
 def format_table(metrics) -> str:
     """A readable per-organ table and the summary line."""
 
-    def cell(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
-        return "-" if value is None else f"{value * scale:.{digits}f}"
+    def cell(value: float | None, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
 
     header = f"{'organ':<16}{'n':>5}{'AP':>7}{'AP50':>7}{'AP75':>7}{'AR':>7}{'IoU':>7}{'centre mm':>11}{'size mm':>9}"
     lines = [header, "-" * len(header)]
     for c in metrics.per_class:
         lines.append(
             f"{c.name:<16}{c.num_gt:>5}{cell(c.AP):>7}{cell(c.AP50):>7}{cell(c.AP75):>7}{cell(c.AR):>7}"
-            f"{cell(c.mean_iou):>7}{cell(c.centre_error_mm, 1):>11}{cell(c.size_error_mm, 1):>9}"
+            f"{cell(c.mean_iou, 2):>7}{cell(c.centre_error_mm, 1):>11}{cell(c.size_error_mm, 1):>9}"
         )
     lines.append("-" * len(header))
     lines.append(
         f"mAP {cell(metrics.mAP)}  AP50 {cell(metrics.AP50)}  AP75 {cell(metrics.AP75)}  mAR {cell(metrics.mAR)}  "
-        f"mAP_nndet {cell(metrics.mAP_nndet)}  (percent, {metrics.num_images} images; '-' = no ground truth)"
+        f"mAP_nndet {cell(metrics.mAP_nndet)}  "
+        f"(fractions, as in the model card; {metrics.num_images} images; '-' = no ground truth)"
     )
     return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file in the same folder and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -195,7 +215,8 @@ def run(args: argparse.Namespace) -> int:
         "split": args.split,
         "device": str(device),
     }
-    write_json_atomic(args.output, result)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.output, json.dumps(result, indent=2))
     print(format_table(metrics))
     print(f"wrote {args.output}")
     return 0

@@ -103,6 +103,7 @@ class DetectionMetrics:
     presence: PresenceMetrics | None = None  # when the images carry presence probabilities
     query_boxes: DetectionMetrics | None = None  # the same images with the unrefined query boxes
     segmentation_dice: dict[str, float | None] | None = None  # per organ, mean over images that annotate it
+    per_case: list[dict] | None = None  # per image: its name and, per annotated organ, presence, score and IoU
 
     def to_dict(self) -> dict:
         summary = {key: getattr(self, key) for key in SUMMARY_KEYS}
@@ -116,6 +117,8 @@ class DetectionMetrics:
             result["query_boxes"] = self.query_boxes.to_dict()
         if self.segmentation_dice is not None:
             result["segmentation_dice"] = self.segmentation_dice
+        if self.per_case is not None:
+            result["per_case"] = self.per_case
         return result
 
 

@@ -40,6 +40,12 @@ class PreprocessedVolume:
         return tuple(self.image.shape[1:])  # type: ignore[return-value]
 
 
+def network_to_physical_matrix(image: sitk.Image, index_to_network: np.ndarray) -> np.ndarray:
+    """4x4 affine from a continuous network index to physical LPS mm: the network grid's exact geometry (a scaled
+    axis permutation of the image's axes, so also exact for oblique images)."""
+    return index_to_physical_matrix(image) @ np.linalg.inv(index_to_network)
+
+
 def _resize_matrix(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> np.ndarray:
     """Half-voxel aligned scaling (``align_corners=False``): voxel edges of both grids coincide."""
     scale = np.array(out_shape, dtype=np.float64) / np.array(in_shape, dtype=np.float64)

@@ -606,6 +606,15 @@ class Trainer:
         train_config = self.config.train
         started = time.monotonic()
         stop_reason = None
+        if self.state.epoch >= train_config.epochs:
+            print(f"{self.output}: the run already finished its {train_config.epochs} epochs", file=sys.stderr)
+            return 0
+        if self.dist.is_main and train_config.warmup_steps >= self.total_steps:
+            print(
+                f"warning: --warmup-steps {train_config.warmup_steps} >= the run's {self.total_steps} steps: the "
+                "learning rate never reaches its peak",
+                file=sys.stderr,
+            )
         if self.dist.is_main:
             print(
                 f"training {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters on "
