@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import UserInputError
+
 _PROC_STATUS = Path("/proc/self/status")
 _NEW_FILE_MODE = 0o666  # what open() asks for; the umask takes away from it
 
@@ -53,3 +55,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         handle.flush()
         os.fsync(handle.fileno())
     return Path(path)
+
+
+def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an existing file (unless ``overwrite``), a folder in its place and a missing folder, in one line each:
+    a user's file is never replaced by accident."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{path}: is a folder, not a file")
+    if path.exists() and not overwrite:
+        raise UserInputError(f"{path}: already exists; choose another name or allow overwriting (--overwrite)")
+    if not path.parent.is_dir():
+        raise UserInputError(f"{path}: folder {path.parent} does not exist")
+
+
+def write_new_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
+    """:func:`check_writable`, then :func:`atomic_write_text`: how a user's output file is written."""
+    check_writable(path, overwrite)
+    return atomic_write_text(path, text)

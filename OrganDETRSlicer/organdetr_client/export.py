@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .atomic_file import atomic_write_text as write_atomically
+from .atomic_file import write_new_text
 from .errors import UserInputError
 from .organ_terminology import organ_term
 from .schema import READABLE_SCHEMA_VERSIONS, SCHEMA_NAME, DetectionResult
@@ -48,22 +48,9 @@ CSV_COLUMNS = (
 )
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    Readers never see a partial file. Refuses to replace an existing file unless ``overwrite`` is true.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise UserInputError(f"{path.name}: already exists; choose another name or allow overwriting")
-    if not path.parent.is_dir():
-        raise UserInputError(f"{path.name}: folder {path.parent} does not exist")
-    return write_atomically(path, text)
-
-
 def write_result_json(result: DetectionResult, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a result as the versioned JSON document."""
-    return atomic_write_text(path, result.model_dump_json(indent=2) + "\n", overwrite=overwrite)
+    return write_new_text(path, result.model_dump_json(indent=2) + "\n", overwrite=overwrite)
 
 
 def _summarise(error: ValidationError) -> str:
@@ -150,7 +137,7 @@ def result_to_markups(result: DetectionResult) -> dict:
 
 def write_markups(result: DetectionResult, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write the detections as a Slicer ``.mrk.json`` file."""
-    return atomic_write_text(path, json.dumps(result_to_markups(result), indent=2) + "\n", overwrite=overwrite)
+    return write_new_text(path, json.dumps(result_to_markups(result), indent=2) + "\n", overwrite=overwrite)
 
 
 def result_to_csv(result: DetectionResult) -> str:
@@ -184,4 +171,4 @@ def result_to_csv(result: DetectionResult) -> str:
 
 def write_csv(result: DetectionResult, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write the detections as CSV."""
-    return atomic_write_text(path, result_to_csv(result), overwrite=overwrite)
+    return write_new_text(path, result_to_csv(result), overwrite=overwrite)

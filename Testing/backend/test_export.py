@@ -12,9 +12,9 @@ import jsonschema
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from organdetr.atomic_file import write_new_text
 from organdetr.errors import UserInputError
 from organdetr_backend.export import (
-    atomic_write_text,
     read_result_json,
     result_to_csv,
     result_to_markups,
@@ -81,12 +81,12 @@ def test_writes_refuse_to_overwrite(result, tmp_path):
 def test_failed_write_leaves_no_partial_file(tmp_path):
     target = tmp_path / "out.json"
     with pytest.raises(UnicodeEncodeError):
-        atomic_write_text(target, '{"text": "' + "x" * 100_000 + '\ud800"}')  # fails half-way through encoding
+        write_new_text(target, '{"text": "' + "x" * 100_000 + '\ud800"}')  # fails half-way through encoding
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind either
     target.write_text("previous", encoding="utf-8")
     with pytest.raises(UnicodeEncodeError):
-        atomic_write_text(target, "\ud800", overwrite=True)
+        write_new_text(target, "\ud800", overwrite=True)
     assert target.read_text(encoding="utf-8") == "previous"
 
 

@@ -268,7 +268,7 @@ def _process(task: Task, predictor, args: argparse.Namespace, write_result: Call
 
 def _write_batch_csv(path: Path, rows_by_input: list[tuple[Path, str]], overwrite: bool) -> None:
     """One table for the whole batch: every input's CSV rows behind an ``input`` column, one header."""
-    from .export import atomic_write_text
+    from organdetr.atomic_file import write_new_text
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -277,7 +277,7 @@ def _write_batch_csv(path: Path, rows_by_input: list[tuple[Path, str]], overwrit
         if index == 0:
             writer.writerow([BATCH_CSV_INPUT_COLUMN, *header])
         writer.writerows([str(input_path), *row] for row in rows)
-    atomic_write_text(path, buffer.getvalue(), overwrite=overwrite)
+    write_new_text(path, buffer.getvalue(), overwrite=overwrite)
 
 
 def run(args: argparse.Namespace) -> int:

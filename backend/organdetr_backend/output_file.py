@@ -7,8 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from organdetr.atomic_file import atomic_path
-from organdetr.errors import UserInputError
+from organdetr.atomic_file import atomic_path, check_writable
 
 
 def full_suffix(path: Path) -> str:
@@ -18,16 +17,6 @@ def full_suffix(path: Path) -> str:
         if name.endswith(double):
             return double
     return path.suffix.lower()
-
-
-def check_writable(path: Path, overwrite: bool) -> None:
-    """Refuse an existing file (unless ``overwrite``) and a missing folder, with one-line messages."""
-    if path.exists() and not overwrite:
-        raise UserInputError(f"{path}: already exists; choose another name or pass --overwrite")
-    if path.exists() and path.is_dir():
-        raise UserInputError(f"{path}: is a folder, not a file")
-    if not path.parent.is_dir():
-        raise UserInputError(f"{path}: folder {path.parent} does not exist")
 
 
 @contextmanager

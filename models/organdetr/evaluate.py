@@ -17,9 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic_file import atomic_write_text
+from .atomic_file import atomic_write_text, check_writable
 from .config import DetectorConfig
-from .errors import UserInputError
 
 # Names of the maximum-intensity projections along each network axis, for the LPS network orientation.
 PROJECTION_NAMES = {
@@ -198,8 +197,8 @@ def run(args: argparse.Namespace) -> int:
     from .dataset import CaseCache, load_dataset_json
     from .inference import select_device
 
-    if args.output.exists() and not args.overwrite:
-        raise UserInputError(f"{args.output} exists; pass --overwrite to replace it")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(args.output, args.overwrite)
     device = select_device(args.device)
     loaded = load_checkpoint(args.model, device)
     description = load_dataset_json(args.data, (args.split,))
@@ -215,7 +214,6 @@ def run(args: argparse.Namespace) -> int:
         "split": args.split,
         "device": str(device),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.output, json.dumps(result, indent=2))
     print(format_table(metrics))
     print(f"wrote {args.output}")
