@@ -133,6 +133,15 @@ def test_bad_options_are_one_line_errors(setup, tmp_path, capsys) -> None:
     assert "nothing to resume" in capsys.readouterr().err
     assert train(setup, tmp_path / "c", "--dense-lambda", "1.5") == 2
     assert "--dense-lambda" in capsys.readouterr().err
+    assert train(setup, tmp_path / "d", "--lr-backbone", "0") == 2
+    assert "--lr-backbone must be positive" in capsys.readouterr().err
+
+
+def test_backbone_learning_rate_is_its_own_option(setup, tmp_path) -> None:
+    for name, extra, expected in (("same", (), 1e-3), ("own", ("--lr-backbone", "1e-4"), 1e-4)):
+        assert train(setup, tmp_path / name, "--epochs", "1", "--no-augment", "--lr", "1e-3", *extra) == 0
+        saved = DetectorConfig.from_json_file(tmp_path / name / "last" / "config.json").train
+        assert (saved.lr, saved.lr_backbone) == (1e-3, expected)
 
 
 def test_init_weights_fine_tunes_from_a_model_folder(setup, tmp_path) -> None:

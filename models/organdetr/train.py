@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="per process")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW, default 2e-4)")
+    parser.add_argument(
+        "--lr-backbone", type=float, default=None, help="peak learning rate of the CNN backbone (default: --lr)"
+    )
     parser.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps before cosine decay")
     parser.add_argument(
         "--dense-lambda",
@@ -210,7 +213,7 @@ def _build_config(args: argparse.Namespace, description, initial=None) -> Any:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
-        "lr_backbone": args.lr,
+        "lr_backbone": args.lr_backbone if args.lr_backbone is not None else args.lr,
         "warmup_steps": args.warmup_steps,
         "seed": args.seed,
         "num_workers": args.workers,
@@ -223,8 +226,8 @@ def _build_config(args: argparse.Namespace, description, initial=None) -> Any:
     for name in ("epochs", "batch_size", "val_every"):
         if getattr(train, name) < 1:
             raise UserInputError(f"--{name.replace('_', '-')} must be at least 1")
-    if train.lr <= 0:
-        raise UserInputError("--lr must be positive")
+    if train.lr <= 0 or train.lr_backbone <= 0:
+        raise UserInputError("--lr and --lr-backbone must be positive")
     if not 0.0 <= train.oversample_rare_organs <= 2.0:
         raise UserInputError("--oversample-rare-organs must be between 0 and 2")
     matcher = config.matcher
