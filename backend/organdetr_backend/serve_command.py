@@ -19,12 +19,9 @@ import sys
 from pathlib import Path
 
 from organdetr.errors import UserInputError
+from organdetr_client.api import DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, DEFAULT_QUEUE_LIMIT, READY_LINE_PREFIX
 
-READY_PREFIX = "ORGANDETR_READY"
 TOKEN_ENV = "ORGANDETR_TOKEN"
-DEFAULT_PORT = 8000
-DEFAULT_QUEUE_LIMIT = 8
-DEFAULT_MAX_UPLOAD_MB = 2048
 _BYTES_PER_MB = 1024**2
 _GRACEFUL_SHUTDOWN_S = 30
 
@@ -92,7 +89,7 @@ def ready_line(sock: socket.socket, token: str, token_source: str) -> str:
     payload["token_source"] = token_source
     if token_source == "generated":
         payload["token"] = token
-    return f"{READY_PREFIX} {json.dumps(payload)}"
+    return f"{READY_LINE_PREFIX} {json.dumps(payload)}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,6 +36,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from organdetr.checkpoint import DEFAULT_MODEL_DIR
 from organdetr.errors import NotAPatientCTError, UserInputError
+from organdetr_client.api import (
+    API_PREFIX,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_PORT,
+    DEFAULT_QUEUE_LIMIT,
+    DEFAULT_TOP_K,
+    MAX_TOP_K,
+)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -51,7 +59,6 @@ from .upload import UploadTimeout, UploadTooLarge, receive_upload
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger(f"{__name__}.access")
 
-MAX_TOP_K = 20
 JOB_ID_HEADER = "X-OrganDETR-Job-Id"
 NRRD_MEDIA_TYPE = "application/octet-stream"
 OPENAPI_PATH = "/openapi.json"
@@ -65,9 +72,9 @@ class ServerSettings:
 
     token: str
     host: str = "127.0.0.1"
-    port: int = 8000
-    max_upload_bytes: int = 2 * 1024**3
-    queue_limit: int = 8
+    port: int = DEFAULT_PORT
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 1024**2
+    queue_limit: int = DEFAULT_QUEUE_LIMIT
     request_timeout_s: float = 600.0  # how long POST /v1/detect waits for its result before answering 504
     upload_idle_timeout_s: float = 60.0  # an upload that stalls this long is answered 408
     job_ttl_s: float = 3600.0  # finished jobs and their results are kept this long
@@ -84,7 +91,9 @@ class DetectOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    top_k: int = Field(3, ge=1, le=MAX_TOP_K, description="boxes per organ: the best one and top_k - 1 candidates")
+    top_k: int = Field(
+        DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, description="boxes per organ: the best one and top_k - 1 candidates"
+    )
     segmentation: bool = Field(
         False, description="also compute the segmentation heads' label map (GET /v1/jobs/{job_id}/segmentation)"
     )
@@ -275,8 +284,8 @@ async def _accept(request: Request) -> Job:
     )
 
 
-public = APIRouter(prefix="/v1")
-protected = APIRouter(prefix="/v1", dependencies=[Depends(_require_token)])
+public = APIRouter(prefix=API_PREFIX)
+protected = APIRouter(prefix=API_PREFIX, dependencies=[Depends(_require_token)])
 
 
 @public.get("/health")
