@@ -196,3 +196,17 @@ def test_segmentation_branch_loss_is_weighted_into_the_total(make_outputs) -> No
     )
     detection = sum(criterion.weights[name] * losses[name] for name in ("loss_class", "loss_bbox", "loss_giou"))
     assert losses["loss"].item() == pytest.approx((detection + 3.0 * losses["loss_seg_branch"]).item(), rel=1e-6)
+
+
+def test_presence_loss_counts_annotated_organs_only_by_hand() -> None:
+    outputs, targets = tiny_case([True, True, False])  # organ 0 present, organ 1 annotated but absent, 2 unknown
+    outputs["pred_presence"] = torch.tensor([[1.0, 0.5, 4.0]], requires_grad=True)
+    losses = one_to_one_criterion()(outputs, targets)
+
+    def bce(logit: float, target: float) -> float:
+        p = 1.0 / (1.0 + math.exp(-logit))
+        return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+    assert losses["loss_presence"].item() == pytest.approx((bce(1.0, 1.0) + bce(0.5, 0.0)) / 2, abs=1e-5)
+    losses["loss_presence"].backward()
+    assert outputs["pred_presence"].grad[0, 2] == 0  # the unannotated organ is not trained either way

@@ -32,7 +32,7 @@ def _random_loss(outputs: dict, generator: torch.Generator) -> torch.Tensor:
             [layer["pred_quality"]] if "pred_quality" in layer else []
         )
     tensors += outputs.get("seg_logits", [])
-    tensors += [outputs["seg_full_logits"]] if "seg_full_logits" in outputs else []
+    tensors += [outputs[key] for key in ("seg_full_logits", "pred_presence") if key in outputs]
     return sum((t * torch.randn(t.shape, generator=generator)).sum() for t in tensors)
 
 
@@ -75,7 +75,7 @@ def test_paper_preset_shapes_at_small_input():
 
 @pytest.mark.parametrize(
     "variant",
-    ["small", "no_msa", "no_refine_with_encoder", "segmentation_branch_and_quality"],
+    ["small", "no_msa", "no_refine_with_encoder", "segmentation_branch_quality_presence"],
 )
 def test_every_parameter_gets_a_gradient(variant):
     torch.manual_seed(0)
@@ -86,10 +86,9 @@ def test_every_parameter_gets_a_gradient(variant):
         config = dataclasses.replace(
             config, decoder=dataclasses.replace(config.decoder, box_refine=False, num_encoder_layers=1)
         )
-    elif variant == "segmentation_branch_and_quality":
-        config = dataclasses.replace(
-            config, segmentation_branch=SegmentationBranchConfig(enabled=True, output_stride=1), quality_head=True
-        )
+    elif variant == "segmentation_branch_quality_presence":
+        branch = SegmentationBranchConfig(enabled=True, output_stride=1)
+        config = dataclasses.replace(config, segmentation_branch=branch, quality_head=True, presence_head=True)
     model = build_model(config).train()
     images = torch.randn(2, 1, 32, 32, 32)
     _random_loss(model(images), torch.Generator().manual_seed(1)).backward()

@@ -60,3 +60,14 @@ def test_quality_head_reranks_queries_but_presence_stays_the_class_probability()
     assert organ.score == pytest.approx(float(probabilities[1] * quality[1]))
     assert organ.presence == pytest.approx(float(probabilities[1]))
     assert organ.candidates[0][0] == pytest.approx(float(probabilities[0] * quality[0]))
+
+
+def test_presence_head_gives_the_presence() -> None:
+    outputs = {
+        "pred_logits": torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]),
+        "pred_boxes": torch.tensor([[[0.5] * 6, [0.4] * 6]]),
+        "pred_presence": torch.tensor([[-2.0, 3.0]]),
+    }
+    organs = decode_detections(outputs)[0]
+    assert [o.presence for o in organs] == pytest.approx(torch.tensor([-2.0, 3.0]).sigmoid().tolist())
+    assert organs[0].score == pytest.approx(float(outputs["pred_logits"].softmax(-1)[0, 0, 0]))  # ranking unchanged

@@ -102,6 +102,8 @@ class ModelConfig:
     segmentation_branch: SegmentationBranchConfig = field(default_factory=SegmentationBranchConfig)
     # A head per query predicting the IoU of its box with the organ, so that scores rank boxes by quality.
     quality_head: bool = False
+    # An image-level head: per organ, the probability that it is in the (window of the) scan.
+    presence_head: bool = False
 
 
 @dataclass
@@ -125,6 +127,7 @@ class LossConfig:
     weight_seg: float = 2.0
     weight_seg_branch: float = 2.0
     weight_quality: float = 1.0
+    weight_presence: float = 2.0
     background_class_weight: float = 1.0
     organ_class_weight: float = 10.0
     aux_loss: bool = True

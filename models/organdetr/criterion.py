@@ -30,8 +30,9 @@ class SetCriterion(nn.Module):
     """Matches predictions to ground truths with a :class:`DenseQueryMatcher` and computes the weighted losses.
 
     ``forward`` returns named scalar losses (``loss_class``, ``loss_bbox``, ``loss_giou``, ``loss_quality`` with a
-    quality head, ``loss_seg`` / ``loss_seg_branch`` when a label map and segmentation logits are available,
-    ``<name>_aux{i}`` for auxiliary decoder layer ``i``) and ``loss``, their weighted sum.
+    quality head, ``loss_presence`` with a presence head, ``loss_seg`` / ``loss_seg_branch`` when a label map and
+    segmentation logits are available, ``<name>_aux{i}`` for auxiliary decoder layer ``i``) and ``loss``, their
+    weighted sum.
     """
 
     def __init__(self, num_classes: int, matcher: DenseQueryMatcher, config: LossConfig) -> None:
@@ -50,6 +51,7 @@ class SetCriterion(nn.Module):
             "loss_seg": config.weight_seg,
             "loss_seg_branch": config.weight_seg_branch,
             "loss_quality": config.weight_quality,
+            "loss_presence": config.weight_presence,
         }
 
     def annotated(self, target: Target, device: torch.device) -> torch.Tensor:
@@ -102,6 +104,18 @@ class SetCriterion(nn.Module):
         iou = pairwise_iou(pred, gt.to(device=pred.device, dtype=torch.float32)).diagonal()
         return F.binary_cross_entropy_with_logits(logits, iou)
 
+    def loss_presence(self, logits: torch.Tensor, targets: list[Target]) -> torch.Tensor:
+        """Binary cross-entropy of each annotated organ's presence logit: 1 when it has a box in the sample, 0 when
+        the sample annotates it but it is not there (cut off by the field of view); unannotated organs are left out."""
+        logits = logits.float()
+        truth = torch.zeros_like(logits)
+        for b, target in enumerate(targets):
+            truth[b, target["labels"].to(logits.device)] = 1.0
+        known = torch.stack([self.annotated(t, logits.device) for t in targets])
+        if not known.any():
+            return logits.sum() * 0.0
+        return F.binary_cross_entropy_with_logits(logits[known], truth[known])
+
     def loss_seg(self, seg_logits: list[torch.Tensor], targets: list[Target]) -> torch.Tensor:
         """DiceCE per level and sample on ``[background + annotated organs]`` channels, averaged over both."""
         losses = []
@@ -136,6 +150,8 @@ class SetCriterion(nn.Module):
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
                 losses.update({f"{name}_aux{i}": value for name, value in self.detection_losses(aux, targets).items()})
         seg_logits = outputs.get("seg_logits")
+        if "pred_presence" in outputs:
+            losses["loss_presence"] = self.loss_presence(outputs["pred_presence"], targets)
         have_label_maps = all(t.get("label_map") is not None for t in targets)
         if seg_logits and have_label_maps:
             losses["loss_seg"] = self.loss_seg(seg_logits, targets)

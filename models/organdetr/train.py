@@ -40,6 +40,8 @@ FINAL_LR_FRACTION = 0.01
 VALIDATION_KEYS = ("mAP", "AP50", "AP75", "mAR", "mAP_nndet")
 # Soft-tissue window (HU) of --soft-tissue-channel: the organs sit in 5-10 % of the main [-1000, 1000] window.
 SOFT_TISSUE_HU = (-160.0, 240.0)
+# Layers that a fine-tuning run may add to the network it starts from (initialised anew).
+ADDED_LAYERS = ("seg_branch.", "decoder.quality_head.", "presence_head.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +87,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--quality-head", action="store_true", help="add the IoU-quality head (scores rank boxes by predicted IoU)"
+    )
+    parser.add_argument(
+        "--presence-head",
+        action="store_true",
+        help="add the image-level presence head (per organ: is it in the scan?), trained on field-of-view cuts",
     )
     parser.add_argument(
         "--oversample-rare-organs",
@@ -250,6 +257,8 @@ def _build_config(args: argparse.Namespace, description, initial=None) -> Any:
         model = replace(model, segmentation_branch=replace(model.segmentation_branch, enabled=True))
     if args.quality_head:
         model = replace(model, quality_head=True)
+    if args.presence_head:
+        model = replace(model, presence_head=True)
     if args.soft_tissue_channel and SOFT_TISSUE_HU not in preprocess.extra_hu_windows:
         preprocess = replace(preprocess, extra_hu_windows=(*preprocess.extra_hu_windows, SOFT_TISSUE_HU))
         model = replace(model, backbone=replace(model.backbone, in_channels=model.backbone.in_channels + 1))
@@ -309,7 +318,7 @@ def _extended(initial_model, model_config):
     state = {name: _widened(value, target.get(name)) for name, value in initial_model.state_dict().items()}
     unmatched = [name for name, value in state.items() if name not in target or target[name].shape != value.shape]
     missing = [name for name in target if name not in state]
-    if unmatched or not all(name.startswith(("seg_branch.", "decoder.quality_head.")) for name in missing):
+    if unmatched or not all(name.startswith(ADDED_LAYERS) for name in missing):
         raise UserInputError("--init-weights: the given model's network does not match this run's")
     model.load_state_dict(state, strict=False)
     return model
