@@ -230,6 +230,8 @@ class TrainConfig:
     augment: bool = True
     # > 0: cases of rarely annotated organs are drawn more often (organdetr.sampling); 0 = uniform.
     oversample_rare_organs: float = 0.0
+    # Parameter-name prefixes that train; empty = all (e.g. ("presence_head",) to fit a new head on a trained net).
+    train_only: tuple[str, ...] = ()
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
     field_of_view: FieldOfViewConfig = field(default_factory=FieldOfViewConfig)
 

@@ -94,6 +94,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="add the image-level presence head (per organ: is it in the scan?), trained on field-of-view cuts",
     )
     parser.add_argument(
+        "--train-only",
+        nargs="+",
+        default=None,
+        metavar="PREFIX",
+        help="train only the parameters whose names start with these prefixes (e.g. presence_head after "
+        "--init-weights ... --presence-head); the rest stays as it is",
+    )
+    parser.add_argument(
         "--oversample-rare-organs",
         type=float,
         default=None,
@@ -226,6 +234,7 @@ def _build_config(args: argparse.Namespace, description, initial=None) -> Any:
         "num_workers": args.workers,
         "val_every": args.val_every,
         "oversample_rare_organs": args.oversample_rare_organs,
+        "train_only": tuple(args.train_only) if args.train_only else None,
     }
     train = replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
     if args.no_augment:
@@ -440,10 +449,14 @@ class Trainer:
         self.criterion = SetCriterion(
             len(self.class_names), DenseQueryMatcher(self.config.matcher), self.config.loss
         ).to(self.device)
+        if train_config.train_only:
+            for name, parameter in self.model.named_parameters():
+                parameter.requires_grad_(name.startswith(train_config.train_only))
         backbone = [p for n, p in self.model.named_parameters() if n.startswith("backbone") and p.requires_grad]
         rest = [p for n, p in self.model.named_parameters() if not n.startswith("backbone") and p.requires_grad]
+        groups = [{"params": backbone, "lr": train_config.lr_backbone}, {"params": rest, "lr": train_config.lr}]
         self.optimizer = torch.optim.AdamW(
-            [{"params": backbone, "lr": train_config.lr_backbone}, {"params": rest, "lr": train_config.lr}],
+            groups,
             lr=train_config.lr,
             weight_decay=train_config.weight_decay,
         )
