@@ -179,6 +179,18 @@ def test_init_weights_fine_tunes_from_a_model_folder(setup, tmp_path) -> None:
         (-160.0, 240.0),
     )
 
+    # A new presence head fitted alone: every other weight stays exactly as it was.
+    head = tmp_path / "head"
+    code = main(["train", "--data", str(data), "--output", str(head), "--device", "cpu", "--init-weights",
+                 str(first / "last"), "--presence-head", "--train-only", "presence_head", "--epochs", "1",
+                 "--batch-size", "2", "--lr", "1e-2", "--no-augment"])  # fmt: skip
+    assert code == 0
+    fitted = load_file(head / "last" / "model.safetensors")
+    assert all(torch.equal(before[name], fitted[name]) for name in before)
+    assert {name for name in fitted if name not in before} == {
+        f"presence_head.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")
+    }
+
 
 def test_init_weights_rejects_conflicting_options(setup, tmp_path, capsys) -> None:
     first = tmp_path / "first"
