@@ -234,7 +234,7 @@ def _build_config(args: argparse.Namespace, description, initial=None) -> Any:
         "num_workers": args.workers,
         "val_every": args.val_every,
         "oversample_rare_organs": args.oversample_rare_organs,
-        "train_only": tuple(args.train_only) if args.train_only else None,
+        "train_only": tuple(args.train_only or ()),  # a choice of this run, never inherited from --init-weights
     }
     train = replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
     if args.no_augment:
