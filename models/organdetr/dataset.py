@@ -41,7 +41,7 @@ SPLITS = ("training", "validation", "test")
 # Organs smaller than this (after resampling / augmentation) are fragments, not detectable objects (as in v1).
 MIN_OBJECT_VOXELS = 5
 # Cache format version: bump when the cached content changes so stale files are rebuilt, not misread.
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 
 
 @dataclass(frozen=True)

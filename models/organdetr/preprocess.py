@@ -1,7 +1,7 @@
 """Deterministic preprocessing shared by training and inference.
 
 ``image (any orientation, spacing, size) -> reorient to PreprocessConfig.orientation (exact axis permutation
-and flips) -> resample to PreprocessConfig.target_spacing_mm (Gaussian anti-aliasing where it shrinks, then
+and flips) -> resample to PreprocessConfig.target_spacing_mm (box-filter anti-aliasing where it shrinks, then
 trilinear, half-voxel aligned) -> clip and scale HU``. The result has the scan's own physical extent; cutting it
 into network windows is :mod:`organdetr.windows`' job. Legacy configs (no target spacing) resize to
 ``spatial_size`` instead.
@@ -19,12 +19,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from monai.transforms import GaussianSmooth
 
 from .config import PreprocessConfig
 from .image_geometry import index_to_physical_matrix
 
-# A grid shrunk by more than this factor along an axis is smoothed first (sigma = (factor - 1) / 2 input voxels).
+# A grid shrunk by at least this factor along an axis is box-filtered to its output size first.
 ANTIALIAS_MIN_FACTOR = 1.25
 
 
@@ -76,12 +75,15 @@ def network_grid_shape(in_shape: tuple[int, ...], spacing: tuple[float, ...], co
 
 
 def _antialias(array: torch.Tensor, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> torch.Tensor:
-    """Gaussian low-pass along the axes that shrink, so that resampling does not alias noise and thin edges."""
+    """Box-filter the axes that shrink by ANTIALIAS_MIN_FACTOR or more straight to their output size (adaptive
+    average pooling: each output voxel averages the input voxels it covers), so that resampling does not alias noise
+    and thin edges; the other axes are left to the trilinear step. Pooling bins follow voxel edges to within one
+    input voxel. Fast and small: a 512x512x133 CT takes ~0.1 s (a Gaussian filter took seconds and GBs)."""
     factors = np.asarray(in_shape, dtype=np.float64) / np.asarray(out_shape, dtype=np.float64)
     if factors.max() < ANTIALIAS_MIN_FACTOR:
         return array
-    sigma = [float((f - 1.0) / 2.0) if f >= ANTIALIAS_MIN_FACTOR else 0.0 for f in factors]
-    return torch.as_tensor(GaussianSmooth(sigma=sigma)(array[0]))[None]
+    pooled = tuple(o if f >= ANTIALIAS_MIN_FACTOR else i for i, o, f in zip(in_shape, out_shape, factors, strict=True))
+    return F.adaptive_avg_pool3d(array, pooled)
 
 
 def preprocess_image(image: sitk.Image, config: PreprocessConfig) -> PreprocessedVolume:
