@@ -117,7 +117,7 @@ def test_two_classes_are_averaged_and_table_is_readable() -> None:
     assert metrics.mAP == pytest.approx(0.5)
     assert [c.AP for c in metrics.per_class] == pytest.approx([1.0, 0.0])
     table = format_table(metrics)
-    assert "mAP 50.0" in table and table.splitlines()[2].startswith("A")
+    assert "mAP 0.500" in table and "fractions" in table and table.splitlines()[2].startswith("A")
 
 
 def test_no_ground_truth_at_all_gives_none() -> None:
