@@ -221,9 +221,9 @@ class Predictor:
         detections, absent = [], []
         for organ, presence in zip(output.organs, output.presence, strict=True):
             label = self.config.class_names[organ.class_index]
-            present = presence >= threshold
             if label not in wanted:
                 continue
+            present = presence >= threshold
             if not present:
                 absent.append(AbsentOrgan(label=label, class_id=organ.class_index + 1, presence=presence))
                 if not include_absent:

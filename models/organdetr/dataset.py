@@ -181,6 +181,11 @@ def network_spacing_mm(image: sitk.Image, index_to_network: np.ndarray) -> np.nd
     return np.linalg.norm(network_to_physical_matrix(image, index_to_network)[:3, :3], axis=0)
 
 
+def _last_line(error: Exception) -> str:
+    """ITK's own reason, the last line of its multi-line error message."""
+    return str(error).strip().splitlines()[-1]
+
+
 def median_spacing(records: Sequence[CaseRecord], orientation: str) -> tuple[float, float, float]:
     """Median voxel spacing of the cases' images along the network axes (after reorientation), from headers only."""
     spacings = []
@@ -190,7 +195,7 @@ def median_spacing(records: Sequence[CaseRecord], orientation: str) -> tuple[flo
         try:
             reader.ReadImageInformation()
         except RuntimeError as error:
-            raise UserInputError(f"cannot read image {record.image}: {str(error).strip().splitlines()[-1]}") from None
+            raise UserInputError(f"cannot read image {record.image}: {_last_line(error)}") from None
         # A 2-voxel image with the same spacing and direction reorients exactly as the case would.
         probe = sitk.Image([2, 2, 2], sitk.sitkUInt8)
         probe.SetSpacing(reader.GetSpacing())
@@ -204,7 +209,7 @@ def _read_image(path: Path, what: str) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise UserInputError(f"cannot read {what} {path}: {str(error).strip().splitlines()[-1]}") from None
+        raise UserInputError(f"cannot read {what} {path}: {_last_line(error)}") from None
 
 
 def preprocess_case(record: CaseRecord, class_names: Sequence[str], config: PreprocessConfig) -> PreprocessedCase:
