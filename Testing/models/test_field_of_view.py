@@ -66,3 +66,29 @@ def test_sampling_is_a_pure_function_of_the_generator(case):
     first = next(_samples(case, FieldOfViewConfig(), count=1))
     again = next(_samples(case, FieldOfViewConfig(), count=1))
     assert torch.equal(first.image, again.image) and torch.equal(first.label_map, again.label_map)
+
+
+def test_landmark_cuts_end_at_an_organ_edge(case):
+    from organdetr.field_of_view import MIN_EXTENT_VOXELS, _field_of_view
+
+    config = replace(
+        FieldOfViewConfig(),
+        cut_probability=1.0,
+        landmark_cut_fraction=1.0,
+        landmark_margin_voxels=0,
+        empty_probability=0.0,
+        inplane_cut_probability=0.0,
+    )
+    length = case.label_map.shape[HEAD_FOOT_AXIS]
+    edges = set()
+    for value in range(1, 8):
+        slices = (case.label_map == value).any(dim=(0, 1)).nonzero()[:, 0]
+        edges |= {
+            min(max(int(edge), MIN_EXTENT_VOXELS), length - MIN_EXTENT_VOXELS) for edge in (slices[0], slices[-1] + 1)
+        }
+    cuts = [_field_of_view(np.random.default_rng(seed), case.label_map, case.annotated, config) for seed in range(30)]
+    for extent in cuts:
+        lo, hi = extent[HEAD_FOOT_AXIS]
+        assert (lo == 0 and hi in edges) or (hi == length and lo in edges)
+        assert extent[0] == (0, case.label_map.shape[0])  # no in-plane cut asked for
+    assert len({extent[HEAD_FOOT_AXIS] for extent in cuts}) > 5  # different organs and sides

@@ -104,6 +104,9 @@ class ModelConfig:
     quality_head: bool = False
     # An image-level head: per organ, the probability that it is in the (window of the) scan.
     presence_head: bool = False
+    # Pyramid levels the presence head pools (mean and max over space), coarsest first: the finer levels hold the
+    # small structures (larynx, brainstem) whose presence at a scan's edge the coarsest level blurs.
+    presence_levels: int = 1
 
 
 @dataclass
@@ -187,6 +190,10 @@ class FieldOfViewConfig:
     inplane_cut_probability: float = 0.15  # also cut each in-plane axis
     min_inplane_fraction: float = 0.5
     empty_probability: float = 0.1  # a slab that holds no annotated organ (where the case has one)
+    # Share of head-foot cuts that end at an annotated organ's top or bottom slice (+- landmark_margin_voxels), as
+    # scans end at anatomical landmarks: there the organ is just in or just out, the hardest presence decision.
+    landmark_cut_fraction: float = 0.5
+    landmark_margin_voxels: int = 4
     min_visible_fraction: float = 0.2
 
 
@@ -269,6 +276,11 @@ class DetectorConfig:
         if channels != self.model.backbone.in_channels:
             raise ValueError(
                 f"preprocessing makes {channels} input channels, the backbone takes {self.model.backbone.in_channels}"
+            )
+        if not 1 <= self.model.presence_levels <= len(self.model.backbone.out_stages):
+            raise ValueError(
+                f"presence_levels {self.model.presence_levels} must be 1..{len(self.model.backbone.out_stages)} "
+                "(the pyramid levels)"
             )
 
     def to_dict(self) -> dict[str, Any]:

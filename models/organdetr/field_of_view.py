@@ -1,8 +1,9 @@
 """Training windows with random fields of view, so that the detector learns when an organ is NOT in a scan.
 
 A radiologist's scan can stop anywhere: at the mandible, above the larynx, or hold no head-and-neck organ at all.
-Each training sample is cut from a case the way such a scan would be (a random slab along the head-foot axis, now
-and then narrower in-plane, now and then a slab with no annotated organ), placed at a random position in the
+Each training sample is cut from a case the way such a scan would be (a random slab along the head-foot axis, half
+of them ending at an organ's first or last slice, now and then narrower in-plane, now and then a slab with no
+annotated organ), placed at a random position in the
 network window, and padded with air, exactly as :mod:`organdetr.windows` pads a small scan at inference.
 
 Partial-label rules (``annotated`` per sample):
@@ -63,6 +64,24 @@ def _random_extent(rng: np.random.Generator, length: int, min_fraction: float) -
     return lo, lo + kept
 
 
+def _landmark_cut(
+    rng: np.random.Generator, label_map: torch.Tensor, annotated: torch.Tensor, config: FieldOfViewConfig
+) -> tuple[int, int] | None:
+    """A head-foot slab ending near a random annotated organ's first or last slice, on a random side of it (None
+    when no annotated organ is in the case)."""
+    other_axes = tuple(a for a in range(3) if a != HEAD_FOOT_AXIS)
+    present = [value for value in (annotated.nonzero()[:, 0] + 1).tolist() if (label_map == value).any()]
+    if not present:
+        return None
+    value = present[int(rng.integers(len(present)))]
+    slices = (label_map == value).any(dim=other_axes).nonzero()[:, 0]
+    length = int(label_map.shape[HEAD_FOOT_AXIS])
+    edge = int(slices[0] if rng.random() < 0.5 else slices[-1] + 1)
+    edge += int(rng.integers(-config.landmark_margin_voxels, config.landmark_margin_voxels + 1))
+    edge = min(max(edge, MIN_EXTENT_VOXELS), length - MIN_EXTENT_VOXELS)
+    return (0, edge) if rng.random() < 0.5 else (edge, length)
+
+
 def _field_of_view(
     rng: np.random.Generator, label_map: torch.Tensor, annotated: torch.Tensor, config: FieldOfViewConfig
 ) -> list[tuple[int, int]]:
@@ -74,7 +93,12 @@ def _field_of_view(
         sub_lo, sub_hi = _random_extent(rng, hi - lo, 0.0)
         extent[HEAD_FOOT_AXIS] = (lo + sub_lo, lo + sub_hi)
     elif rng.random() < config.cut_probability:
-        extent[HEAD_FOOT_AXIS] = _random_extent(rng, label_map.shape[HEAD_FOOT_AXIS], config.min_cut_fraction)
+        landmark = (
+            _landmark_cut(rng, label_map, annotated, config) if rng.random() < config.landmark_cut_fraction else None
+        )
+        extent[HEAD_FOOT_AXIS] = landmark or _random_extent(
+            rng, label_map.shape[HEAD_FOOT_AXIS], config.min_cut_fraction
+        )
     for axis in range(3):
         if axis != HEAD_FOOT_AXIS and rng.random() < config.inplane_cut_probability:
             extent[axis] = _random_extent(rng, label_map.shape[axis], config.min_inplane_fraction)

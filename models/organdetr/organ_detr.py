@@ -8,7 +8,7 @@
 * ``pred_quality`` (with ``ModelConfig.quality_head``) ``[B, N]``: logit of each box's predicted IoU, also per
   auxiliary layer;
 * ``pred_presence`` (with ``ModelConfig.presence_head``) ``[B, K]``: logit of each organ being in the input, from
-  the coarsest encoder level pooled over space (mean and max);
+  the ``presence_levels`` coarsest encoder levels pooled over space (mean and max);
 * ``seg_logits`` (training, or ``return_segmentation=True``, when the config has segmentation heads): one
   ``[B, K+1, d0, d1, d2]`` map per MSA output level, finest first (channel = label value, 0 = background);
 * ``seg_full_logits`` (same condition, with ``ModelConfig.segmentation_branch.enabled``): ``[B, K+1, D0, D1, D2]``
@@ -66,7 +66,11 @@ class OrganDETR(nn.Module):
             else None
         )
         self.presence_head = (
-            nn.Sequential(nn.Linear(2 * d_model, d_model), nn.ReLU(), nn.Linear(d_model, config.num_classes))
+            nn.Sequential(
+                nn.Linear(2 * d_model * config.presence_levels, d_model),
+                nn.ReLU(),
+                nn.Linear(d_model, config.num_classes),
+            )
             if config.presence_head
             else None
         )
@@ -118,8 +122,10 @@ class OrganDETR(nn.Module):
         outputs: dict = dict(predictions[-1])
         outputs["aux_outputs"] = predictions[:-1]
         if self.presence_head is not None:
-            coarsest = levels[-1].flatten(2)
-            outputs["pred_presence"] = self.presence_head(torch.cat([coarsest.mean(-1), coarsest.amax(-1)], dim=1))
+            pooled = [level.flatten(2) for level in levels[len(levels) - self.config.presence_levels :]]
+            outputs["pred_presence"] = self.presence_head(
+                torch.cat([pool for level in pooled for pool in (level.mean(-1), level.amax(-1))], dim=1)
+            )
         want_segmentation = self.training if return_segmentation is None else return_segmentation
         if want_segmentation and self.seg_heads is not None:
             outputs["seg_logits"] = [head(level) for head, level in zip(self.seg_heads, levels, strict=True)]

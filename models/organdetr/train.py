@@ -94,6 +94,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="add the image-level presence head (per organ: is it in the scan?), trained on field-of-view cuts",
     )
     parser.add_argument(
+        "--presence-levels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pyramid levels the presence head pools, coarsest first (default 1; implies --presence-head)",
+    )
+    parser.add_argument(
         "--train-only",
         nargs="+",
         default=None,
@@ -266,8 +273,8 @@ def _build_config(args: argparse.Namespace, description, initial=None) -> Any:
         model = replace(model, segmentation_branch=replace(model.segmentation_branch, enabled=True))
     if args.quality_head:
         model = replace(model, quality_head=True)
-    if args.presence_head:
-        model = replace(model, presence_head=True)
+    if args.presence_head or args.presence_levels is not None:
+        model = replace(model, presence_head=True, presence_levels=args.presence_levels or model.presence_levels)
     if args.soft_tissue_channel and SOFT_TISSUE_HU not in preprocess.extra_hu_windows:
         preprocess = replace(preprocess, extra_hu_windows=(*preprocess.extra_hu_windows, SOFT_TISSUE_HU))
         model = replace(model, backbone=replace(model.backbone, in_channels=model.backbone.in_channels + 1))
