@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import itertools
 import json
 import os
 import socket
@@ -14,6 +16,11 @@ import pytest
 import torch
 from openkbp_dataset import CLASS_NAMES, write_dataset_json
 from organdetr.config import DetectorConfig, SegmentationBranchConfig
+from organdetr.errors import UserInputError
+from organdetr.optimizer import FINAL_LR_FRACTION, lr_factor
+from organdetr.run_config import ConfigChoices
+from organdetr.run_options import RunOptions
+from organdetr.train import add_arguments
 from organdetr_backend.cli import main
 from safetensors.torch import load_file
 
@@ -34,6 +41,38 @@ def train(setup: tuple[Path, Path], output: Path, *extra: str) -> int:
 
 def history(output: Path) -> list[dict]:
     return json.loads((output / "history.json").read_text(encoding="utf-8"))
+
+
+def test_every_option_reaches_the_run_options_or_the_config_choices() -> None:
+    """Each ``organdetr train`` option is a field of exactly one of the two dataclasses the command fills."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = {action.dest for action in parser._actions} - {"help"}
+    run_fields = {field.name for field in dataclasses.fields(RunOptions)}
+    config_fields = {field.name for field in dataclasses.fields(ConfigChoices)}
+    assert not run_fields & config_fields
+    assert options == run_fields | config_fields
+    assert {"presence_levels", "train_only"} <= config_fields
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_steps": 0}, "--max-steps must be at least 1"),
+        ({"time_limit_minutes": 0.0}, "--time-limit-minutes must be positive"),
+        ({"resume": True, "init_weights": "default"}, "cannot be combined with --resume"),
+    ],
+)
+def test_run_options_refuse_impossible_runs(tmp_path, options, message) -> None:
+    with pytest.raises(UserInputError, match=message):
+        RunOptions(data=tmp_path / "dataset.json", output=tmp_path / "run", **options)
+
+
+def test_learning_rate_warms_up_linearly_then_decays_to_its_final_fraction() -> None:
+    assert [lr_factor(step, 4, 20) for step in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    decay = [lr_factor(step, 4, 20) for step in range(4, 21)]
+    assert decay[0] == 1.0 and all(a > b for a, b in itertools.pairwise(decay))
+    assert decay[-1] == pytest.approx(FINAL_LR_FRACTION) == lr_factor(100, 4, 20)
 
 
 def test_training_steps_reduce_the_loss_and_write_the_run_folder(setup, tmp_path) -> None:

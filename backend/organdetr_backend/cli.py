@@ -4,14 +4,13 @@ Each sub-command module exposes ``add_arguments(parser)`` and ``run(args) -> int
 (torch, the network) inside ``run`` so that ``organdetr --help`` stays fast.
 Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 internal error.
 Every command gets ``--threads``, defaulting to a count that is fast on a shared machine
-(:mod:`organdetr_backend.threads`); a command that defines its own ``--threads`` (train) gets the same default.
+(:mod:`organdetr_backend.threads`).
 """
 
 from __future__ import annotations
 
 import argparse
 import codecs
-import contextlib
 import importlib
 import os
 import sys
@@ -41,9 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(sub)
-        # A command with its own --threads (train) keeps it; main() gives it the same default.
-        with contextlib.suppress(argparse.ArgumentError):
-            sub.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+        sub.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
         sub.set_defaults(run=module.run)
     return parser
 

@@ -1,0 +1,169 @@
+"""The DetectorConfig of a training run: from a preset, a config file or the ``--init-weights`` model, with the
+command line's choices on top; on ``--resume``, the run's own.
+
+Imports nothing heavy, so that ``organdetr train --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import DetectorConfig, PreprocessConfig, preset_config
+from .errors import UserInputError
+
+if TYPE_CHECKING:
+    from .checkpoint import LoadedDetector
+    from .dataset import DatasetDescription
+
+# Soft-tissue window (HU) of --soft-tissue-channel: the organs sit in 5-10 % of the main [-1000, 1000] window.
+SOFT_TISSUE_HU = (-160.0, 240.0)
+
+
+@dataclass
+class ConfigChoices:
+    """What the command line says about a new run's config (``None`` / ``False``: keep the starting config's).
+
+    Field names are the ``organdetr train`` options' (see its ``--help``).
+    """
+
+    preset: str = "small"
+    config: Path | None = None  # a DetectorConfig JSON to start from instead of the preset
+    spatial_size: Sequence[int] | None = None
+    target_spacing: Sequence[str] | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    lr_backbone: float | None = None
+    warmup_steps: int | None = None
+    dense_lambda: float | None = None
+    no_msa: bool = False
+    segmentation_branch: bool = False
+    quality_head: bool = False
+    presence_head: bool = False
+    presence_levels: int | None = None
+    train_only: Sequence[str] | None = None
+    oversample_rare_organs: float | None = None
+    soft_tissue_channel: bool = False
+    no_augment: bool = False
+    seed: int | None = None
+    workers: int | None = None
+    val_every: int | None = None
+
+
+def new_run_config(
+    choices: ConfigChoices, name: str, description: DatasetDescription, initial: LoadedDetector | None = None
+) -> DetectorConfig:
+    """A new run's config: the preset, ``choices.config`` or ``initial``'s, with the choices applied."""
+    if initial is not None:
+        if choices.config is not None or choices.spatial_size is not None or choices.no_msa:
+            raise UserInputError("--init-weights fixes the network: drop --config, --spatial-size and --no-msa")
+        config = initial.config
+        description.check_class_names(config.class_names)
+    elif choices.config is not None:
+        try:
+            config = DetectorConfig.from_json_file(choices.config)
+        except (OSError, ValueError, TypeError) as error:
+            raise UserInputError(f"invalid --config {choices.config}: {error}") from None
+        description.check_class_names(config.class_names)
+    else:
+        config = preset_config(choices.preset, description.class_names)
+    overrides = {
+        "epochs": choices.epochs,
+        "batch_size": choices.batch_size,
+        "lr": choices.lr,
+        "lr_backbone": choices.lr_backbone if choices.lr_backbone is not None else choices.lr,
+        "warmup_steps": choices.warmup_steps,
+        "seed": choices.seed,
+        "num_workers": choices.workers,
+        "val_every": choices.val_every,
+        "oversample_rare_organs": choices.oversample_rare_organs,
+        "train_only": tuple(choices.train_only or ()),  # a choice of this run, never inherited from --init-weights
+    }
+    train = replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
+    if choices.no_augment:
+        train = replace(train, augment=False)
+    for field_name in ("epochs", "batch_size", "val_every"):
+        if getattr(train, field_name) < 1:
+            raise UserInputError(f"--{field_name.replace('_', '-')} must be at least 1")
+    if train.lr <= 0 or train.lr_backbone <= 0:
+        raise UserInputError("--lr and --lr-backbone must be positive")
+    if not 0.0 <= train.oversample_rare_organs <= 2.0:
+        raise UserInputError("--oversample-rare-organs must be between 0 and 2")
+    matcher = config.matcher
+    if choices.dense_lambda is not None:
+        if not 0.0 <= choices.dense_lambda < 1.0:
+            raise UserInputError("--dense-lambda must be in [0, 1)")
+        matcher = replace(matcher, dense_lambda=choices.dense_lambda)
+    preprocess = config.preprocess
+    if choices.spatial_size is not None:
+        preprocess = replace(preprocess, spatial_size=tuple(choices.spatial_size))
+    target_spacing = choices.target_spacing
+    if target_spacing is None and initial is None and choices.config is None:
+        target_spacing = ["auto"]
+    if target_spacing is not None:
+        preprocess = replace(preprocess, target_spacing_mm=_target_spacing(target_spacing, description, preprocess))
+    model = config.model
+    if choices.no_msa:
+        model = replace(model, msa=replace(model.msa, enabled=False))
+    if choices.segmentation_branch:
+        model = replace(model, segmentation_branch=replace(model.segmentation_branch, enabled=True))
+    if choices.quality_head:
+        model = replace(model, quality_head=True)
+    if choices.presence_head or choices.presence_levels is not None:
+        model = replace(model, presence_head=True, presence_levels=choices.presence_levels or model.presence_levels)
+    if choices.soft_tissue_channel and SOFT_TISSUE_HU not in preprocess.extra_hu_windows:
+        preprocess = replace(preprocess, extra_hu_windows=(*preprocess.extra_hu_windows, SOFT_TISSUE_HU))
+        model = replace(model, backbone=replace(model.backbone, in_channels=model.backbone.in_channels + 1))
+    return replace(
+        config,
+        name=name,
+        train=train,
+        matcher=matcher,
+        model=model,
+        preprocess=preprocess,
+        training_data=description.summary() | initialised_from(initial),
+    )
+
+
+def resumed_config(last: Path, workers: int | None) -> DetectorConfig:
+    """On --resume everything comes from the checkpoint; only --workers may change (it does not alter results)."""
+    config = DetectorConfig.from_json_file(last / "config.json")
+    if workers is not None:
+        config = replace(config, train=replace(config.train, num_workers=workers))
+    return config
+
+
+def _target_spacing(
+    values: Sequence[str], description: DatasetDescription, preprocess: PreprocessConfig
+) -> tuple[float, float, float] | None:
+    """``--target-spacing`` -> the stored value (see its help)."""
+    from .dataset import median_spacing
+
+    if list(values) == ["auto"]:
+        return median_spacing(description.splits["training"], preprocess.orientation)
+    if list(values) == ["none"]:
+        return None
+    try:
+        spacing = tuple(float(v) for v in values)
+    except ValueError:
+        spacing = ()
+    if len(spacing) != 3 or not all(0.1 <= v <= 20.0 for v in spacing):
+        raise UserInputError("--target-spacing takes 3 values in mm between 0.1 and 20, 'auto' or 'none'")
+    return spacing  # type: ignore[return-value]
+
+
+def initialised_from(initial: LoadedDetector | None) -> dict[str, Any]:
+    """Provenance of fine-tuned weights, recorded in the run's ``training_data``."""
+    if initial is None:
+        return {}
+    return {
+        "initialised_from": {
+            "name": initial.config.name,
+            "version": initial.config.version,
+            "weights_sha256": initial.weights_sha256,
+            "training_data": initial.config.training_data,
+        }
+    }
