@@ -22,53 +22,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 VIEW_SETTINGS = ((10, 360.0), (5, 360.0), (3, 360.0), (2, 90.0))
 
 
-def image_detections(predicted: np.ndarray, scene):
-    """The metrics' view of one scene: every finite predicted box (score 1) against the annotated organs' boxes."""
-    from organdetr.metrics import ImageDetections
-
-    found = np.isfinite(predicted).all(axis=1)
-    present = np.isfinite(scene.boxes3d).all(axis=1) & scene.annotated
-    return ImageDetections(
-        pred_classes=torch.from_numpy(np.nonzero(found)[0]),
-        pred_scores=torch.ones(int(found.sum())),
-        pred_boxes=torch.from_numpy(predicted[found]).float(),
-        gt_classes=torch.from_numpy(np.nonzero(present)[0]),
-        gt_boxes=torch.from_numpy(scene.boxes3d[present]).float(),
-        annotated=torch.from_numpy(scene.annotated),
-    )
-
-
 def score(name: str, predictions: list[np.ndarray], scenes: list, class_names) -> dict:
-    """AP50, mean IoU (over organs) and the median centre error (over organ instances) of one method."""
-    from organdetr.metrics import compute_metrics
+    """One method's figures (:func:`organdetr.xray.scoring.score_3d`), printed as one line."""
+    from organdetr.xray.evaluation import summary_line
+    from organdetr.xray.scoring import score_3d
 
-    metrics = compute_metrics([image_detections(p, s) for p, s in zip(predictions, scenes, strict=True)], class_names)
-    errors = [
-        float(np.linalg.norm(p[k, :3] - s.boxes3d[k, :3]))
-        for p, s in zip(predictions, scenes, strict=True)
-        for k in range(len(class_names))
-        if s.annotated[k] and np.isfinite(s.boxes3d[k]).all() and np.isfinite(p[k]).all()
-    ]
-    per_class = [c for c in metrics.per_class if c.num_gt > 0]
-    truths = sum(c.num_gt for c in per_class)
-    figures = {
-        "method": name,
-        "AP50": metrics.AP50,
-        "mAP": metrics.mAP,
-        "mean_IoU": float(np.mean([c.mean_iou for c in per_class])),
-        "median_centre_error_mm": float(np.median(errors)),
-        "organs_with_a_box": f"{len(errors)}/{truths}",
-        "per_class_IoU": {c.name: c.mean_iou for c in per_class},
-    }
-    print(
-        f"{name:<34} AP50 {figures['AP50']:.3f}  mAP {figures['mAP']:.3f}  mean IoU {figures['mean_IoU']:.3f}  "
-        f"median centre error {figures['median_centre_error_mm']:5.1f} mm  boxes {figures['organs_with_a_box']}"
-    )
+    figures = {"method": name, **score_3d(predictions, scenes, class_names)}
+    print(summary_line(name, figures))
     return figures
 
 

@@ -47,6 +47,7 @@ class MV2DConfig:
     frame_half_extent_mm: float = 200.0  # the isocentre frame: the 400 mm field the default C-arm sees
     max_depth_offset_mm: float = 150.0  # reference depths within isocentre depth +- this
     attention_margin_mm: float = 10.0  # added to a detection's half size for the relevant-view region
+    feature_selection: bool = True  # False: every query attends to every view's cells (the ablation)
     weight_2d: float = 1.0  # the 2D detector's losses relative to the set criterion's
 
 
@@ -80,7 +81,8 @@ class MV2D(nn.Module):
 
     def forward(self, images: Tensor, cameras: Sequence[Sequence[Camera]], isocenters: Tensor) -> dict:
         """``images`` ``[B, V, rows, columns]`` line integrals, each scene's cameras and isocentre ``[B, 3]`` (world
-        mm) -> the set criterion's outputs plus ``view_outputs`` (the 2D detector's) and ``reference_points``."""
+        mm) -> the set criterion's outputs plus ``view_outputs`` and ``view_detections`` (the 2D detector's) and
+        ``reference_points``."""
         batch, views, rows, columns = images.shape
         view_outputs = self.detector(images.reshape(batch * views, 1, rows, columns))
         detections = decode(view_outputs)
@@ -91,15 +93,18 @@ class MV2D(nn.Module):
             frame = IsocentreFrame(isocenters[b].float(), self.config.frame_half_extent_mm)
             scene = slice(b * views, (b + 1) * views)
             target, points, radius = self._queries(stack, frame, detections.boxes[scene], detections.features[scene])
-            own_view = torch.arange(views, device=images.device).repeat_interleave(self.config.num_classes)
-            own_cell = detections.indices[scene].reshape(-1)
-            masks.append(relevant_view_mask(stack, points, radius, own_view, own_cell, cells, view_outputs.stride))
+            if self.config.feature_selection:
+                own_view = torch.arange(views, device=images.device).repeat_interleave(self.config.num_classes)
+                own_cell = detections.indices[scene].reshape(-1)
+                masks.append(relevant_view_mask(stack, points, radius, own_view, own_cell, cells, view_outputs.stride))
             memories.append(self._memory(stack, frame, view_outputs.features[scene], cells))
             targets.append(target)
             references.append(frame.normalise_points(points).clamp(0.0, 1.0))
         target, memory, reference = torch.stack(targets), torch.stack(memories), torch.stack(references)
         # nn.MultiheadAttention: True = may not attend; one mask per scene and head.
-        attention_mask = (~torch.stack(masks)).repeat_interleave(self.config.num_heads, dim=0)
+        attention_mask = None
+        if self.config.feature_selection:
+            attention_mask = (~torch.stack(masks)).repeat_interleave(self.config.num_heads, dim=0)
         layer_outputs = []
         for layer in self.layers:
             target = layer(target, memory, memory_mask=attention_mask)
@@ -107,6 +112,7 @@ class MV2D(nn.Module):
         outputs = dict(layer_outputs[-1])
         outputs["aux_outputs"] = layer_outputs[:-1]
         outputs["view_outputs"] = view_outputs
+        outputs["view_detections"] = detections
         outputs["reference_points"] = reference
         return outputs
 

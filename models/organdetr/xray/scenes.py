@@ -62,10 +62,19 @@ class Scene:
     boxes2d: np.ndarray  # [views, organs, 4] clipped silhouette boxes (u_min, v_min, u_max, v_max), pixels
     boxes3d: np.ndarray  # [organs, 6] centre-size, world LPS axes, mm
     annotated: np.ndarray  # [organs] bool
+    views: tuple[int, ...] | None = None  # which of the C-arm's views the scene keeps (None: all)
 
     @property
     def cameras(self) -> list[Camera]:
-        return self.geometry.cameras()
+        cameras = self.geometry.cameras()
+        return cameras if self.views is None else [cameras[i] for i in self.views]
+
+    def subset(self, views: Sequence[int]) -> Scene:
+        """The same scene seen by some of its views only (training on 2 to 10 views of one rendering)."""
+        keep = list(views)
+        chosen = tuple(keep) if self.views is None else tuple(self.views[i] for i in keep)
+        images = None if self.images is None else self.images[keep]
+        return replace(self, images=images, boxes2d=self.boxes2d[keep], views=chosen)
 
     @property
     def isocenter(self) -> np.ndarray:

@@ -1,0 +1,67 @@
+"""Saving and loading trained MV2D models: a folder with ``model.safetensors`` and ``config.json`` (the full
+:class:`~organdetr.xray.training_config.XrayTrainingConfig`), the same layout as the CT detector's checkpoints.
+
+Weights are safetensors only (loading runs no code); every problem with a folder is a one-line
+:class:`~organdetr.errors.UserInputError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save_file
+
+from .. import __version__
+from ..atomic_file import atomic_path, atomic_write_text
+from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, _check_state
+from ..errors import UserInputError
+from .mv2d import MV2D
+from .training_config import XrayTrainingConfig
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "pretrained" / "xray-mv2d-small"
+
+
+@dataclass(eq=False)
+class LoadedXrayModel:
+    model: MV2D  # in eval mode, on the requested device
+    config: XrayTrainingConfig
+    weights_sha256: str
+    directory: Path
+
+
+def save_model(directory: str | Path, model: MV2D, config: XrayTrainingConfig) -> Path:
+    """Write (or replace) the weights and config in ``directory``, each file atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
+    metadata = {"format": "pt", "producer": f"organdetr {__version__}", "class_names": json.dumps(config.class_names)}
+    with atomic_path(directory / WEIGHTS_FILE) as temporary:
+        save_file(state, str(temporary), metadata=metadata)
+    atomic_write_text(directory / CONFIG_FILE, config.to_json())
+    return directory
+
+
+def load_model(directory: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedXrayModel:
+    """Load a model folder (``None``: the shipped X-ray model) onto ``device``, in eval mode."""
+    directory = DEFAULT_MODEL_DIR if directory is None else Path(directory).expanduser()
+    if not directory.is_dir():
+        raise UserInputError(f"X-ray model folder not found: {directory}")
+    weights_path, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise UserInputError(f"{path.name} missing in X-ray model folder {directory}")
+    config = XrayTrainingConfig.from_json_file(config_path)
+    data = weights_path.read_bytes()
+    try:
+        state = load(data)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserInputError(f"cannot read weights {weights_path}: {error}") from None
+    model = MV2D(config.model)
+    _check_state(model, state, weights_path)
+    model.load_state_dict(state)
+    return LoadedXrayModel(model.to(device).eval(), config, hashlib.sha256(data).hexdigest(), directory)
