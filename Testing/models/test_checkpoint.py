@@ -102,6 +102,15 @@ def test_bad_config(saved) -> None:
         load_checkpoint(directory)
 
 
+def test_retired_config_keys_still_load(saved, tiny_config) -> None:
+    """config.json files of older versions carry a "preset" name (the shipped model's does); reading drops it."""
+    directory, _ = saved
+    assert "preset" not in json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    edit_config(directory, lambda data: data.update(preset="paper"))
+    assert load_checkpoint(directory).config == tiny_config
+    assert load_checkpoint(DEFAULT_MODEL_DIR).config.to_dict().keys() == DetectorConfig().to_dict().keys()
+
+
 def test_shipped_default_model_finds_every_organ_of_the_bundled_ct(head_neck_case) -> None:
     """The shipped weights load without pickle and still localise the organs of OpenKBP pt_201 (a validation case)."""
     ct_path, label_path = head_neck_case

@@ -25,6 +25,9 @@ from typing import Any, Literal
 
 # 2: physical-space preprocessing, presence, refinement, segmentation branch, quality head (1 still reads).
 CONFIG_SCHEMA_VERSION = 2
+# Top-level keys of older config.json files that no longer mean anything; reading drops them. "preset" named the
+# preset a run started from, which the ``model`` section describes in full (and --config or --init-weights changes).
+RETIRED_KEYS = ("preset",)
 
 
 @dataclass
@@ -258,7 +261,6 @@ class DetectorConfig:
         "Larynx",
         "Mandible",
     )
-    preset: str = "small"
     model: ModelConfig = field(default_factory=ModelConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     presence: PresenceConfig = field(default_factory=PresenceConfig)
@@ -297,7 +299,8 @@ class DetectorConfig:
                 f"config schema_version {version!r} is newer than this organdetr reads ({CONFIG_SCHEMA_VERSION}); "
                 "update organdetr"
             )
-        return _from_dict(cls, {**data, "schema_version": CONFIG_SCHEMA_VERSION})
+        current = {key: value for key, value in data.items() if key not in RETIRED_KEYS}
+        return _from_dict(cls, {**current, "schema_version": CONFIG_SCHEMA_VERSION})
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> DetectorConfig:
@@ -365,4 +368,4 @@ def preset_config(preset: str, class_names: tuple[str, ...] | None = None, **ove
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     names = tuple(class_names) if class_names is not None else DetectorConfig.class_names
-    return DetectorConfig(class_names=names, preset=preset, model=PRESETS[preset](len(names)), **overrides)
+    return DetectorConfig(class_names=names, model=PRESETS[preset](len(names)), **overrides)
