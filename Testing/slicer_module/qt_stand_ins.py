@@ -100,7 +100,7 @@ class QLabel(QWidget):
 
 
 class QAbstractButton(QWidget):
-    SIGNALS = ("clicked", "toggled", "stateChanged")
+    SIGNALS: tuple[str, ...] = ("clicked", "toggled")
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -116,7 +116,8 @@ class QAbstractButton(QWidget):
         if value != self._checked:
             self._checked = value
             self.toggled.emit(value)
-            self.stateChanged.emit(2 if value else 0)
+            if "stateChanged" in self.SIGNALS:
+                self.stateChanged.emit(2 if value else 0)
 
 
 class QPushButton(QAbstractButton):
@@ -124,7 +125,7 @@ class QPushButton(QAbstractButton):
 
 
 class QCheckBox(QAbstractButton):
-    pass
+    SIGNALS = ("clicked", "toggled", "stateChanged")  # stateChanged is QCheckBox's, not every button's
 
 
 class QRadioButton(QAbstractButton):
