@@ -18,6 +18,7 @@ import numpy as np
 import slicer
 
 from organdetr_client.box_geometry import (
+    box_corners,
     lps_to_ras,
     orientation_lps_to_ras,
     orientation_ras_to_lps,
@@ -41,7 +42,6 @@ PRESENCE, PRESENT = "Presence", "Present"
 MANUAL_SCORE = 1.0  # a box an annotator drew is certain by definition
 DEFAULT_FILL_OPACITY = 0.1  # see the CT through the box
 GEOMETRY_TOLERANCE_MM = 1e-3  # smaller differences are float rounding of the ROI, not edits
-_CORNER_SIGNS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
 
 
 def _get(node, key: str) -> str | None:
@@ -295,7 +295,5 @@ def set_rois_locked(scene, volume_node, locked: bool) -> None:
 
 def roi_world_corners(roi) -> np.ndarray:
     """The 8 corners of the box in world RAS (parent transforms applied), for display and checks."""
-    size = roi.GetSize()
     object_to_world = numpy_from_vtk_matrix(roi.GetObjectToWorldMatrix())
-    local = _CORNER_SIGNS * (0.5 * np.array(size))
-    return local @ object_to_world[:3, :3].T + object_to_world[:3, 3]
+    return box_corners(object_to_world[:3, 3], roi.GetSize(), object_to_world[:3, :3])

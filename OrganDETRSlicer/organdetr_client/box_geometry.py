@@ -3,12 +3,14 @@
 Voxel-edge conventions of ITK: voxel ``v`` spans the continuous index interval ``[v - 1/2, v + 1/2]``. A box whose
 axes are the image axes is the box of voxel bounds exactly; oblique images give oblique boxes. The "image" is any
 :class:`organdetr_client.image_geometry.ImageGrid` (a SimpleITK image, or the Slicer module's volume geometry).
-LPS <-> RAS helpers for Slicer are here too.
+LPS <-> RAS helpers for Slicer are here too, and :func:`box_corners`, the one definition of a box's corners (for
+physical boxes, Slicer ROIs in world coordinates and boxes in index space alike).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,6 +23,8 @@ HALF_VOXEL = 0.5
 EDGE_TOLERANCE = 1e-6
 # Signs flipping the first two axes: LPS <-> RAS.
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+# Corner k of a box: the low (-1) or high (+1) end along each box axis, the first axis varying slowest.
+CORNER_SIGNS = np.array(list(itertools.product((-1.0, 1.0), repeat=3)))
 
 
 def _signed_permutations() -> list[np.ndarray]:
@@ -92,12 +96,18 @@ def edges_to_voxel_bounds(index_lo: np.ndarray, index_hi: np.ndarray, shape: np.
     return VoxelBounds(min_ijk=tuple(int(v) for v in first), max_ijk_inclusive=tuple(int(v) for v in last))
 
 
+def box_corners(center: Sequence[float], size: Sequence[float], axes: np.ndarray | Sequence[float]) -> np.ndarray:
+    """The 8 corners ``[8, 3]`` (in :data:`CORNER_SIGNS` order) of the box ``center ± size / 2`` along the columns of
+    ``axes`` (3x3, or its 9 values row by row): a rotation, the identity for a box in index space, or any linear
+    map (a Slicer ROI's object-to-world matrix may scale)."""
+    half = 0.5 * np.asarray(size, dtype=np.float64)
+    linear = np.asarray(axes, dtype=np.float64).reshape(3, 3)
+    return np.asarray(center, dtype=np.float64) + (CORNER_SIGNS * half) @ linear.T
+
+
 def physical_box_corners(box: PhysicalBox) -> np.ndarray:
     """The 8 corners ``[8, 3]`` of an oriented box, in the box's coordinate system (LPS mm)."""
-    rotation = np.array(box.orientation, dtype=np.float64).reshape(3, 3)
-    half = 0.5 * np.asarray(box.size, dtype=np.float64)
-    signs = np.array(list(itertools.product((-1.0, 1.0), repeat=3)))
-    return np.asarray(box.center, dtype=np.float64) + (signs * half) @ rotation.T
+    return box_corners(box.center, box.size, box.orientation)
 
 
 def physical_box_to_voxel_bounds(box: PhysicalBox, image: ImageGrid) -> VoxelBounds:

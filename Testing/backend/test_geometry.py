@@ -28,6 +28,7 @@ from organdetr.box_ops import boxes_from_label_map
 from organdetr.config import PreprocessConfig
 from organdetr.preprocess import index_to_physical_matrix, preprocess_image, preprocess_label
 from organdetr_backend.geometry import (
+    box_corners,
     canonical_axes,
     lps_to_ras,
     network_box_to_image,
@@ -38,6 +39,7 @@ from organdetr_backend.geometry import (
     ras_to_lps,
     voxel_bounds_to_physical,
 )
+from organdetr_backend.overlay import _physical_extent
 from organdetr_backend.schema import PhysicalBox, VoxelBounds
 
 FLOAT_TOLERANCE_MM = 1e-3  # network boxes are float32: ~1e-7 relative error on a few hundred mm
@@ -290,3 +292,25 @@ def test_corners_span_the_oriented_box():
     local = (corners - np.array(box.center)) @ rotation
     np.testing.assert_allclose(np.abs(local), np.tile([5.0, 10.0, 20.0], (8, 1)), atol=1e-12)
     assert len({tuple(np.round(c, 9)) for c in corners}) == 8
+
+
+def test_box_corners_of_index_boxes_and_scaled_frames():
+    """One corner definition serves index-space boxes (identity axes: every combination of the edges, first axis
+    slowest) and frames that scale (a Slicer ROI under a scaling parent transform)."""
+    lo, hi = np.array([-0.5, 2.0, 3.5]), np.array([9.5, 4.0, 7.5])
+    corners = box_corners(0.5 * (lo + hi), hi - lo, np.eye(3))
+    np.testing.assert_allclose(corners, list(itertools.product(*zip(lo, hi, strict=True))), atol=1e-12)
+    rotation = np.array(sitk.Euler3DTransform((0, 0, 0), 0.3, -0.2, 0.5).GetMatrix()).reshape(3, 3)
+    linear = np.diag([2.0, 1.0, 0.5]) @ rotation
+    scaled = box_corners((1.0, 2.0, 3.0), hi - lo, linear)
+    np.testing.assert_allclose(scaled, (1.0, 2.0, 3.0) + (corners - 0.5 * (lo + hi)) @ linear.T, atol=1e-12)
+
+
+def test_overlay_extent_is_the_outer_voxel_edges_as_itk_places_them(cases):
+    for name, case in cases.items():
+        size = case.image.GetSize()
+        edges = itertools.product(*[(-0.5, n - 0.5) for n in size])
+        itk = np.array([case.image.TransformContinuousIndexToPhysicalPoint(corner) for corner in edges])
+        low, high = _physical_extent(case.image)
+        np.testing.assert_allclose(low, itk.min(axis=0), atol=1e-9, err_msg=name)
+        np.testing.assert_allclose(high, itk.max(axis=0), atol=1e-9, err_msg=name)

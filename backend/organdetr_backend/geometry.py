@@ -13,11 +13,10 @@ The box geometry itself (physical boxes, voxel bounds, LPS/RAS) is the torch-fre
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
-from organdetr_client.box_geometry import HALF_VOXEL, edges_to_voxel_bounds, index_box_to_physical
+from organdetr_client.box_geometry import HALF_VOXEL, box_corners, edges_to_voxel_bounds
 from organdetr_client.box_geometry import canonical_axes as canonical_axes
+from organdetr_client.box_geometry import index_box_to_physical as index_box_to_physical
 from organdetr_client.box_geometry import lps_to_ras as lps_to_ras
 from organdetr_client.box_geometry import orientation_lps_to_ras as orientation_lps_to_ras
 from organdetr_client.box_geometry import orientation_ras_to_lps as orientation_ras_to_lps
@@ -36,9 +35,7 @@ def network_box_to_index_edges(
     box = np.asarray(box, dtype=np.float64)
     shape = np.asarray(network_shape, dtype=np.float64)
     # Normalised u -> network continuous index u * n - 1/2 (0 is the outer edge of voxel 0, at index -1/2).
-    network_lo = (box[:3] - 0.5 * box[3:]) * shape - HALF_VOXEL
-    network_hi = (box[:3] + 0.5 * box[3:]) * shape - HALF_VOXEL
-    corners = np.array(list(itertools.product(*zip(network_lo, network_hi, strict=True))))  # [8, 3]
+    corners = box_corners(box[:3] * shape - HALF_VOXEL, box[3:] * shape, np.eye(3))
     network_to_index = np.linalg.inv(np.asarray(index_to_network, dtype=np.float64))
     index_corners = (network_to_index @ np.c_[corners, np.ones(len(corners))].T).T[:, :3]
     return index_corners.min(axis=0), index_corners.max(axis=0)

@@ -8,7 +8,6 @@ box that the slice cuts drawn as the outline of its projection and labelled with
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Polygon
 from scipy.spatial import ConvexHull, QhullError
 
-from .geometry import physical_box_corners
+from .geometry import HALF_VOXEL, index_box_to_physical, physical_box_corners
 from .organ_terminology import organ_term
 from .output_file import atomic_output
 from .schema import Detection, DetectionResult
@@ -64,10 +63,8 @@ class OverlaySettings:
 def _physical_extent(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     """LPS bounding box of the image's outer voxel edges."""
     size = np.asarray(image.GetSize(), dtype=np.float64)
-    edges = [(-0.5, n - 0.5) for n in size]
-    corners = [image.TransformContinuousIndexToPhysicalPoint(corner) for corner in itertools.product(*edges)]
-    points = np.asarray(corners)
-    return points.min(axis=0), points.max(axis=0)
+    corners = physical_box_corners(index_box_to_physical(np.full(3, -HALF_VOXEL), size - HALF_VOXEL, image))
+    return corners.min(axis=0), corners.max(axis=0)
 
 
 def _display_slice(
