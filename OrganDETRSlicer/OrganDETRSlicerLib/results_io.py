@@ -11,6 +11,7 @@ from pathlib import Path
 
 from organdetr_client.errors import UserInputError
 from organdetr_client.export import read_result_json, write_csv, write_markups, write_result_json
+from organdetr_client.same_grid import grid_differences
 from organdetr_client.schema import DetectionResult
 
 from .roi_nodes import create_rois, rois_to_result
@@ -49,10 +50,7 @@ def export_boxes(scene, volume_node, path: str | Path, overwrite: bool = False) 
 
 def check_result_matches_volume(result: DetectionResult, volume_node, name: str = "result") -> None:
     """Refuse (UserInputError) a result computed on an image whose voxels are not the volume's voxels."""
-    volume = volume_geometry(volume_node)
-    if VolumeGeometry.from_image_info(result.image).same_voxels_as(volume):
-        return
-    problems = volume.mismatches(result.image.shape, result.image.spacing, result.image.origin, result.image.direction)
+    problems = grid_differences(volume_geometry(volume_node), VolumeGeometry.from_image_info(result.image))
     if problems:
         raise UserInputError(
             f"{name} was computed on a different image than '{volume_node.GetName()}' "

@@ -13,12 +13,6 @@ import numpy as np
 import vtk
 
 from organdetr_client.box_geometry import orientation_ras_to_lps, ras_to_lps
-from organdetr_client.image_geometry import index_to_physical_matrix
-
-# Tolerances for "is this result about this volume": sub-micrometre in mm, and direction cosines to 1e-5.
-SPACING_TOLERANCE_MM = 1e-4
-ORIGIN_TOLERANCE_MM = 1e-3
-DIRECTION_TOLERANCE = 1e-5
 
 
 def numpy_from_vtk_matrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
@@ -64,41 +58,6 @@ class VolumeGeometry:
             origin=tuple(float(v) for v in image.origin),  # type: ignore[arg-type]
             direction=tuple(float(v) for v in image.direction),
         )
-
-    def same_voxels_as(self, other: VolumeGeometry) -> bool:
-        """Whether both grids have the same voxels in space, possibly indexed in another axis order or direction.
-
-        Slicer's reader, for one, flips the slice axis of left-handed images; the voxels are the same ones.
-        """
-        index_map = np.linalg.inv(index_to_physical_matrix(other)) @ index_to_physical_matrix(self)
-        linear = index_map[:3, :3]
-        if not np.allclose(linear, np.round(linear), atol=DIRECTION_TOLERANCE) or not np.allclose(
-            np.abs(np.round(linear)).sum(axis=0), 1.0
-        ):
-            return False
-        corners = np.array([[0, 0, 0], np.array(self.shape) - 1], dtype=np.float64)
-        mapped = corners @ np.round(linear).T + index_map[:3, 3]
-        origin_tolerance_voxels = ORIGIN_TOLERANCE_MM / min(min(self.spacing), min(other.spacing))
-        return np.allclose(
-            np.sort(mapped, axis=0), [[0, 0, 0], np.array(other.shape) - 1], atol=origin_tolerance_voxels
-        )
-
-    def mismatches(self, shape, spacing, origin, direction) -> list[str]:
-        """Plain-words list of what differs from another grid (empty when they match within tolerance)."""
-        problems = []
-        if tuple(int(n) for n in shape) != self.shape:
-            problems.append(f"size {tuple(shape)} voxels vs {self.shape}")
-        if not np.allclose(spacing, self.spacing, rtol=0, atol=SPACING_TOLERANCE_MM):
-            problems.append(f"spacing {_fmt(spacing)} mm vs {_fmt(self.spacing)} mm")
-        if not np.allclose(origin, self.origin, rtol=0, atol=ORIGIN_TOLERANCE_MM):
-            problems.append(f"origin {_fmt(origin)} mm vs {_fmt(self.origin)} mm")
-        if not np.allclose(direction, self.direction, rtol=0, atol=DIRECTION_TOLERANCE):
-            problems.append(f"orientation {_fmt(direction)} vs {_fmt(self.direction)}")
-        return problems
-
-
-def _fmt(values) -> str:
-    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
 
 
 def volume_geometry(volume_node) -> VolumeGeometry:
