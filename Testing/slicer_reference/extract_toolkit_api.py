@@ -9,7 +9,8 @@ Where Python's view of these classes comes from in Slicer (PythonQt):
   headers (Slicer 5.8 builds with Qt 5.15); for CTK classes from CTK at the commit Slicer pins
   (SuperBuild/External_CTK.cmake); for Slicer classes from the Slicer tag. CTK and Slicer classes are wrapped "light"
   (CTK's CMake/ctkWrapPythonQt.py): constructor and meta-object only, so their other public methods are NOT callable
-  from Python and are not listed;
+  from Python and are not listed, except those that CTK's and Slicer's PythonQt decorator classes add
+  (Libs/Core, Libs/Widgets ``ctk*PythonQtDecorators.h``; Base/QTCore, Base/QTGUI ``qSlicerBase*PythonQtDecorators.h``);
 - Qt classes in addition: PythonQt's generated wrappers (``generated_cpp_511``, the set PythonQt's CMakeLists.txt
   uses for Qt newer than 5.10) at the commit CTK pins (CMakeExternals/PythonQt.cmake): their methods, static methods,
   enums and the classes' extra parents;
@@ -360,20 +361,39 @@ def pythonqt_sources(git_dir: str, commit: str) -> tuple[dict[str, str], dict[st
     return bodies, cpp_parents, extra_parents
 
 
+def decorator_members(header: str) -> dict[str, set[str]]:
+    """Members that a PythonQt decorator class (``class ...Decorators : public QObject``) adds: a public slot whose
+    first parameter is ``Class*`` becomes a method of Class, ``static_Class_name`` a static method of Class."""
+    text = _strip_comments_and_preprocessor(header)
+    members: dict[str, set[str]] = {}
+    for match in re.finditer(r"\bclass\s+(?:\w+_EXPORT\s+)?(\w+Decorators)\b", text):
+        _, body = find_class(text, match.group(1))
+        while re.search(r"\{[^{}]*\}", body):
+            body = re.sub(r"\{[^{}]*\}", ";", body)  # inline bodies
+        sections = re.split(r"\b((?:public|protected|private)(?:\s+(?:Q_SLOTS|slots))?|Q_SIGNALS|signals)\s*:", body)
+        public_slots = [sections[i + 1] for i in range(1, len(sections) - 1, 2) if sections[i].startswith("public ")]
+        for declaration in ";".join(public_slots).split(";"):
+            found = signatures(declaration)
+            if found is None:
+                continue
+            method = found[0]
+            if method.startswith(("new_", "delete_")):
+                continue
+            static = re.match(r"static_([A-Za-z0-9]+)_(\w+)", method)
+            if static:
+                members.setdefault(static.group(1), set()).add(static.group(2))
+                continue
+            arguments = declaration[declaration.index("(") + 1 :].split(",")[0]
+            first = re.findall(r"\w+", arguments.replace("const", " "))
+            if first:
+                members.setdefault(first[0], set()).add(method)
+    return members
+
+
 def pythonqt_builtins(git_dir: str, commit: str) -> tuple[dict[str, set[str]], list[str]]:
-    """Decorator members by class (QObject's instance decorators, static_<Class>_<name>), and the methods of every
-    wrapped object."""
-    decorators = _strip_comments_and_preprocessor(git_show(git_dir, commit, "src/PythonQtStdDecorators.h"))
-    _, body = find_class(decorators, "PythonQtStdDecorators")
-    public = body.split("private:")[0]
-    members: dict[str, set[str]] = {"QObject": set()}
-    for match in re.finditer(r"(\w+)\s*\(\s*(?:const\s+)?(\w+)", public):
-        method, first = match.groups()
-        if method.startswith("static_"):
-            cls, name = re.match(r"static_([A-Za-z0-9]+)_(\w+)", method).groups()
-            members.setdefault(cls, set()).add(name)
-        elif first == "QObject":
-            members["QObject"].add(method)
+    """PythonQt's decorator members by class (connect, disconnect, ... on QObject; QTimer.singleShot(msec, callable);
+    ...), and the methods of every wrapped object."""
+    members = decorator_members(git_show(git_dir, commit, "src/PythonQtStdDecorators.h"))
     # PythonQt's property lookup (src/PythonQtClassInfo.cpp, lookForPropertyAndCache): "name" stands for objectName
     # when built with PYTHONQT_SUPPORT_NAME_PROPERTY (its CMakeLists.txt defines it), and QTimer's singleShot
     # property is hidden so that QTimer.singleShot is the static method.
@@ -444,6 +464,14 @@ def build(args: argparse.Namespace) -> dict:
     )
     wrappers, cpp_parents, extra_parents = pythonqt_sources(args.pythonqt, pythonqt_commit)
     decorators, every_object = pythonqt_builtins(args.pythonqt, pythonqt_commit)
+    for git_dir, revision, path in (
+        (args.ctk, ctk_commit, "Libs/Core/ctkCorePythonQtDecorators.h"),
+        (args.ctk, ctk_commit, "Libs/Widgets/ctkWidgetsPythonQtDecorators.h"),
+        (args.slicer, args.tag, "Base/QTCore/qSlicerBaseQTCorePythonQtDecorators.h"),
+        (args.slicer, args.tag, "Base/QTGUI/qSlicerBaseQTGUIPythonQtDecorators.h"),
+    ):
+        for cls, names in decorator_members(git_show(git_dir, revision, path)).items():
+            decorators.setdefault(cls, set()).update(names)
 
     classes: dict[str, dict] = {}
     pending = [(module, name) for module, names in SEED_CLASSES.items() for name in names]
