@@ -30,14 +30,15 @@ def test_decoding_perfect_outputs_gives_back_the_boxes() -> None:
     boxes = torch.tensor([[[10.0, 12.0, 30.0, 20.0], [40.3, 5.5, 60.9, 50.0]], [[np.nan] * 4, [1.0, 2.0, 9.0, 63.0]]])
     stride, shape = 8, (8, 8)
     targets = heatmap_targets(boxes, shape, stride)
-    log_sizes, offsets = torch.zeros(2, 2, 64), torch.zeros(2, 2, 64)
+    log_sizes, offsets = torch.zeros(2, 2, 2, 64), torch.zeros(2, 2, 2, 64)  # [views, organs, 2, cells]
     for n in range(2):
         for k in range(2):
             if targets["mask"][n, k]:
-                log_sizes[n, :, targets["index"][n, k]] = targets["log_size"][n, k]
-                offsets[n, :, targets["index"][n, k]] = targets["offset"][n, k]
+                log_sizes[n, k, :, targets["index"][n, k]] = targets["log_size"][n, k]
+                offsets[n, k, :, targets["index"][n, k]] = targets["offset"][n, k]
     logits = torch.logit(targets["heatmap"].clamp(1e-6, 1 - 1e-6))
-    outputs = ViewOutputs(logits, log_sizes.view(2, 2, 8, 8), offsets.view(2, 2, 8, 8), torch.zeros(2, 3, 8, 8), stride)
+    per_organ = (2, 2, 2, 8, 8)
+    outputs = ViewOutputs(logits, log_sizes.view(per_organ), offsets.view(per_organ), torch.zeros(2, 3, 8, 8), stride)
     decoded = decode(outputs)
     present = targets["mask"]
     torch.testing.assert_close(decoded.boxes[present], boxes[present], rtol=0, atol=1e-4)
@@ -95,7 +96,7 @@ def test_a_few_training_steps_lower_the_loss(rendered_scenes: list) -> None:
     cameras = [scene.cameras for scene in rendered_scenes]
     isocenters = torch.as_tensor(np.stack([scene.isocenter for scene in rendered_scenes]), device=DEVICE)
     history = []
-    for _ in range(12):
+    for _ in range(16):
         outputs = model(images, cameras, isocenters)
         losses = loss_function(outputs, rendered_scenes)
         optimiser.zero_grad()

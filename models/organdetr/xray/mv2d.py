@@ -48,7 +48,9 @@ class MV2DConfig:
     max_depth_offset_mm: float = 150.0  # reference depths within isocentre depth +- this
     attention_margin_mm: float = 10.0  # added to a detection's half size for the relevant-view region
     feature_selection: bool = True  # False: every query attends to every view's cells (the ablation)
-    weight_2d: float = 1.0  # the 2D detector's losses relative to the set criterion's
+    # The 2D detector's losses relative to the set criterion's. 3 rather than 1: in 600-step probes on OpenKBP it
+    # raised the 2D AP50 (0.02 -> 0.07) and the 3D AP50 with it (0.13 -> 0.16); the queries start from its boxes.
+    weight_2d: float = 3.0
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:

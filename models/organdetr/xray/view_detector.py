@@ -2,7 +2,8 @@
 
 Each organ appears at most once per view, so the detector predicts, per organ, a centre heatmap (Gaussian peaks at
 the silhouette box centres, focal loss as in CenterNet), the box size in pixels (log) and the centre's sub-cell
-offset; decoding takes each organ's highest peak in each view. Its feature map is what the 3D queries and the
+offset, both per organ (organ centres share cells on a coarse map, and a shared size would have to fit them all);
+decoding takes each organ's highest peak in each view. Its feature map is what the 3D queries and the
 decoder read. Inputs are line-integral views (:mod:`organdetr.xray.render`), ``[N, 1, rows, columns]``.
 """
 
@@ -25,8 +26,8 @@ MIN_SIGMA_CELLS = 0.5
 
 @dataclass
 class ViewOutputs:
-    """Per view: organ heatmap logits ``[N, K, h, w]``, log box sizes in pixels ``[N, 2, h, w]``, centre offsets in
-    cells ``[N, 2, h, w]`` and features ``[N, C, h, w]``; the map has one cell per ``stride`` pixels."""
+    """Per view: organ heatmap logits ``[N, K, h, w]``, log box sizes in pixels ``[N, K, 2, h, w]``, centre offsets
+    in cells ``[N, K, 2, h, w]`` and features ``[N, C, h, w]``; the map has one cell per ``stride`` pixels."""
 
     heatmap_logits: Tensor
     log_sizes: Tensor
@@ -81,8 +82,8 @@ class CenterNetViewDetector(nn.Module):
         self.stages = nn.Sequential(*(_stage(a, b) for a, b in itertools.pairwise(channels)))
         self.neck = nn.Conv2d(channels[-1], config.feature_channels, 1)
         self.heatmap = nn.Conv2d(config.feature_channels, config.num_classes, 1)
-        self.size = nn.Conv2d(config.feature_channels, 2, 1)
-        self.offset = nn.Conv2d(config.feature_channels, 2, 1)
+        self.size = nn.Conv2d(config.feature_channels, 2 * config.num_classes, 1)
+        self.offset = nn.Conv2d(config.feature_channels, 2 * config.num_classes, 1)
         # CenterNet's prior: start with heatmaps near 0.01 so the focal loss is not swamped by background cells.
         nn.init.constant_(self.heatmap.bias, -math.log(99.0))
 
@@ -92,7 +93,9 @@ class CenterNetViewDetector(nn.Module):
 
     def forward(self, images: Tensor) -> ViewOutputs:
         features = F.relu(self.neck(self.stages(images)))
-        return ViewOutputs(self.heatmap(features), self.size(features), self.offset(features), features, self.stride)
+        per_organ = (self.config.num_classes, 2)
+        sizes, offsets = self.size(features).unflatten(1, per_organ), self.offset(features).unflatten(1, per_organ)
+        return ViewOutputs(self.heatmap(features), sizes, offsets, features, self.stride)
 
 
 def heatmap_targets(boxes: Tensor, shape: tuple[int, int], stride: int) -> dict[str, Tensor]:
@@ -138,15 +141,20 @@ def centernet_loss(outputs: ViewOutputs, boxes: Tensor) -> dict[str, Tensor]:
     count = max(float(targets["mask"].sum()), 1.0)
     mask = targets["mask"]
 
-    def at_centres(map_: Tensor) -> Tensor:  # [N, 2, h, w] -> [N, K, 2] at each organ's centre cell
-        flat = map_.flatten(2)
-        return torch.gather(flat, 2, targets["index"][:, None, :].expand(-1, 2, -1)).transpose(1, 2)
+    def at_centres(map_: Tensor) -> Tensor:
+        return per_organ_at(map_, targets["index"])
 
     return {
         "loss_heatmap": (positive_loss.sum() + negative_loss.sum()) / count,
         "loss_size": F.l1_loss(at_centres(outputs.log_sizes)[mask], targets["log_size"][mask], reduction="sum") / count,
         "loss_offset": F.l1_loss(at_centres(outputs.offsets)[mask], targets["offset"][mask], reduction="sum") / count,
     }
+
+
+def per_organ_at(map_: Tensor, indices: Tensor) -> Tensor:
+    """Each organ's 2 values of a per-organ map ``[N, K, 2, h, w]`` at its flat cell ``indices`` ``[N, K]``."""
+    flat = map_.flatten(3)
+    return torch.gather(flat, 3, indices[:, :, None, None].expand(-1, -1, 2, 1))[..., 0]
 
 
 def decode(outputs: ViewOutputs) -> ViewDetections:
@@ -159,6 +167,6 @@ def decode(outputs: ViewOutputs) -> ViewDetections:
         flat = map_.flatten(2)
         return torch.gather(flat, 2, indices[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)
 
-    centre = (cell + gather(outputs.offsets)) * outputs.stride
-    half = gather(outputs.log_sizes).exp() / 2
+    centre = (cell + per_organ_at(outputs.offsets, indices)) * outputs.stride
+    half = per_organ_at(outputs.log_sizes, indices).exp() / 2
     return ViewDetections(torch.cat([centre - half, centre + half], dim=-1), scores, gather(outputs.features), indices)
