@@ -55,14 +55,14 @@ def trained(dataset_json: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 def test_short_training_run_checkpoints_and_resumes(trained: dict[str, Path]) -> None:
     run = trained["run"]
     for folder in ("last", "best"):
-        assert {"model.safetensors", "config.json"} <= {p.name for p in (run / folder).iterdir()}
+        assert {"model.safetensors", "xray_config.json"} <= {p.name for p in (run / folder).iterdir()}
     assert torch.load(run / LAST / STATE_FILE, weights_only=True)["step"] == 20
     history = json.loads((run / "history.json").read_text())
     validations = [row for row in history if "val_AP50" in row]
     assert [row["step"] for row in validations] == [10, 20]  # one before the stop, one after the resume
     assert all(np.isfinite(row["val_median_centre_error_mm"]) for row in validations)
     assert (run / "training_curves.png").stat().st_size > 0
-    assert XrayTrainingConfig.from_json_file(run / "best" / "config.json") == preset("test")
+    assert XrayTrainingConfig.from_json_file(run / "best" / "xray_config.json") == preset("test")
     assert json.loads((run / "best" / "validation.json").read_text())["mv2d"]["organs_with_a_box"] == "7/7"
 
 
@@ -156,7 +156,7 @@ def test_detect_refuses_bad_views_with_one_line(
 def test_detect_refuses_a_bad_model_folder(trained: dict[str, Path], tmp_path: Path, capsys) -> None:
     model = tmp_path / "model"
     shutil.copytree(trained["run"] / "best", model)
-    (model / "config.json").write_text('{"model": {"d_model": 8}}')
+    (model / "xray_config.json").write_text('{"model": {"d_model": 8}}')
     assert main(["xray", "detect", str(tmp_path), "--model", str(model)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "do not fit" in error, error

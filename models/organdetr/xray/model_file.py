@@ -1,5 +1,9 @@
-"""Saving and loading trained MV2D models: a folder with ``model.safetensors`` and ``config.json`` (the full
-:class:`~organdetr.xray.training_config.XrayTrainingConfig`), the same layout as the CT detector's checkpoints.
+"""Saving and loading trained MV2D models: a folder with ``model.safetensors`` and ``xray_config.json`` (the full
+:class:`~organdetr.xray.training_config.XrayTrainingConfig`).
+
+The config has its own file name, not the CT detector's ``config.json``: the CT model catalog
+(:mod:`organdetr_backend.model_catalog`) reads every ``pretrained/`` folder with a ``config.json`` as a CT detector,
+and would stumble over an X-ray model shipped beside them.
 
 Weights are safetensors only (loading runs no code); every problem with a folder is a one-line
 :class:`~organdetr.errors.UserInputError`.
@@ -18,11 +22,12 @@ from safetensors.torch import load, save_file
 
 from .. import __version__
 from ..atomic_file import atomic_path, atomic_write_text
-from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, _check_state
+from ..checkpoint import WEIGHTS_FILE, _check_state
 from ..errors import UserInputError
 from .mv2d import MV2D
 from .training_config import XrayTrainingConfig
 
+CONFIG_FILE = "xray_config.json"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "pretrained" / "xray-mv2d-small"
 
 

@@ -2,7 +2,7 @@
 
 Run folder::
 
-    last/          model.safetensors + config.json (organdetr.xray.model_file) + training_state.pt
+    last/          model.safetensors + xray_config.json (organdetr.xray.model_file) + training_state.pt
     best/          the model with the best validation 3D AP50 so far (+ validation.json)
     history.json   a row per logged step (mean losses) and per validation; training_curves.png plots them
 
@@ -31,7 +31,7 @@ from ..checkpoint import WEIGHTS_FILE
 from ..dataset import load_dataset_json
 from ..errors import UserInputError
 from .evaluation import evaluate_scenes
-from .model_file import save_model
+from .model_file import CONFIG_FILE, save_model
 from .mv2d import MV2D, MV2DLoss
 from .scenes import SceneCache
 from .training_config import XrayTrainingConfig
@@ -78,7 +78,7 @@ class XrayTrainer:
         if resume:
             if not (last / STATE_FILE).is_file():
                 raise UserInputError(f"nothing to resume: {last / STATE_FILE} does not exist")
-            config = XrayTrainingConfig.from_json_file(last / "config.json")
+            config = XrayTrainingConfig.from_json_file(last / CONFIG_FILE)
         elif self.output.exists() and any(self.output.iterdir()):
             raise UserInputError(f"{self.output} is not empty; pass --resume to continue it or choose a new folder")
         self.config = config

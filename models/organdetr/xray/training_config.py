@@ -1,6 +1,6 @@
 """What an MV2D training run is: scenes, network, matching, losses and optimisation in one typed config, and presets.
 
-The config is saved as ``config.json`` beside the weights (:mod:`organdetr.xray.model_file`), so a trained model
+The config is saved as ``xray_config.json`` beside the weights (:mod:`organdetr.xray.model_file`), so a trained model
 says which detector geometry it was trained for (``scenes.c_arm``) and how. Presets:
 
 * ``small``: the shipped model's run; 64^2-pixel views (10 mm detector pixels, ~6 mm at the isocentre), 10 views
