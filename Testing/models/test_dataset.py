@@ -156,3 +156,16 @@ def test_evaluate_rejects_dataset_with_other_organs(tmp_path, data_dir, capsys, 
     code = main(["evaluate", "--model", str(model_dir), "--data", str(path), "--output", str(tmp_path / "m.json")])
     assert code == 2
     assert "do not match the model's classes" in capsys.readouterr().err
+
+
+def test_label_map_on_another_grid_is_refused(dataset_json, tmp_path) -> None:
+    import SimpleITK as sitk
+    from organdetr.dataset import preprocess_case
+
+    record = load_dataset_json(dataset_json).splits["training"][0]
+    label = sitk.ReadImage(str(record.label))
+    label.SetOrigin([value + 2.0 for value in label.GetOrigin()])  # same size, voxels 3.5 mm away
+    shifted = tmp_path / "shifted_label.nii.gz"
+    sitk.WriteImage(label, str(shifted))
+    with pytest.raises(UserInputError, match=r"label map's grid differs from the image's.*origin"):
+        preprocess_case(replace(record, label=shifted), CLASS_NAMES, SMALL)

@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from monai import transforms as mt
+from organdetr_client.same_grid import grid_differences
 
 from .atomic_file import atomic_path
 from .box_ops import boxes_from_label_map
@@ -216,8 +217,9 @@ def preprocess_case(record: CaseRecord, class_names: Sequence[str], config: Prep
     """Read a case's CT and label map and apply the shared preprocessing."""
     image = _read_image(record.image, "image")
     label = _read_image(record.label, "label map")
-    if image.GetSize() != label.GetSize():
-        raise UserInputError(f"{record.name}: image size {image.GetSize()} != label size {label.GetSize()}")
+    differences = grid_differences(image, label)
+    if differences:  # a shifted or resampled label map would train misplaced boxes without a word
+        raise UserInputError(f"{record.name}: the label map's grid differs from the image's ({'; '.join(differences)})")
     volume = preprocess_image(image, config)
     label_map = preprocess_label(label, config)
     num_classes = len(class_names)
