@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from organdetr.box_ops import pairwise_iou
 from organdetr.dataset import CaseRecord
 from organdetr.xray.camera import CArmGeometry
 from organdetr.xray.inference import fit_views_to_model
 from organdetr.xray.scenes import SceneConfig, make_scene, read_case
+from organdetr.xray.silhouettes import world_box
 from organdetr.xray.training import LAST, STATE_FILE, learning_rate_factor
 from organdetr.xray.training_config import XrayTrainingConfig, preset
 from organdetr.xray.views_file import ViewSet
@@ -178,3 +180,20 @@ def test_bad_training_options_are_one_line_and_exit_2(
     assert main(arguments) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and message in error, error
+
+
+def test_shipped_model_finds_the_organs_of_a_validation_ct(pt_201: HeadNeckCase, tmp_path: Path) -> None:
+    """The shipped model (trained on 64^2 views) on 128^2 views of pt_201, a validation case it never trained on:
+    resampled to its pixel size, every organ gets a box near the truth (validation: mean IoU 0.51, median centre
+    error 9 mm with 10 views)."""
+    views, output = tmp_path / "views", tmp_path / "result.json"
+    render = ["xray", "render", str(pt_201.ct_path), "-o", str(views), "--views", "10", "--shift", "12", "-20", "8"]
+    assert main([*render, "--device", "cpu"]) == 0
+    assert main(["xray", "detect", str(views), "-o", str(output), "--device", "cpu"]) == 0
+    result = read_result_json(output)
+    assert result.model.name == "xray-mv2d" and result.absent == []
+    found = np.array([[*d.box.center, *d.box.size] for d in result.detections])
+    truth = np.stack([world_box(c) for c in pt_201.corners])
+    ious = np.diag(pairwise_iou(torch.from_numpy(found), torch.from_numpy(truth)).numpy())
+    centre_errors = np.linalg.norm(found[:, :3] - truth[:, :3], axis=1)
+    assert ious.mean() > 0.35 and np.median(centre_errors) < 20.0, (ious, centre_errors)

@@ -99,6 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--no-feature-selection", action="store_true", help="let every query attend to every view's cells"
     )
+    train.add_argument("--seed", type=int, help="seed of initialisation and batch drawing (default: the preset's)")
     train.add_argument("--resume", action="store_true", help="continue the run in --output from last/")
     train.set_defaults(xray_run=_train)
 
@@ -404,10 +405,13 @@ def _train(args: argparse.Namespace) -> int:
         _positive(value, option)
     _positive(args.time_limit_minutes, "--time-limit-minutes")
     config = preset(args.preset)
-    if args.resume and (args.steps or args.dense_lambda is not None or args.no_feature_selection):
-        raise UserInputError("--resume continues the run as it was configured; drop --steps and the ablation options")
+    changes = (args.steps, args.seed, args.dense_lambda)
+    if args.resume and (any(change is not None for change in changes) or args.no_feature_selection):
+        raise UserInputError("--resume continues the run as it was configured; drop --steps, --seed and the ablations")
     if args.steps is not None:
         config = replace(config, max_steps=args.steps)
+    if args.seed is not None:
+        config = replace(config, seed=args.seed)
     if args.dense_lambda is not None:
         if not 0.0 <= args.dense_lambda < 1.0:
             raise UserInputError("--dense-lambda must be in [0, 1)")
@@ -468,6 +472,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"  view detector 2D AP50 {figures['view_detector_2d']['AP50']:.3f}")
         results.append({"views": count, "arc_deg": settings[count], **figures})
     if args.output is not None:
-        document = {"model": str(loaded.directory), "weights_sha256": loaded.weights_sha256, "results": results}
+        document = {"model": loaded.directory.name, "weights_sha256": loaded.weights_sha256, "results": results}
         write_new_text(args.output, json.dumps(document, indent=1) + "\n", overwrite=args.overwrite)
     return 0
