@@ -430,6 +430,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     """Score a trained MV2D model on the validation cases of a dataset.json (shifted isocentres, the model's own
     predicted 2D boxes) beside carving from those 2D boxes and the mean-box prior, for several view counts."""
     import json
+    from dataclasses import replace
 
     from organdetr.atomic_file import write_new_text
     from organdetr.dataset import load_dataset_json
@@ -457,10 +458,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if description.class_names != config.class_names:
         raise UserInputError(f"{args.data}: classes {description.class_names} differ from the model's")
     cache_dir = Path(args.cache_dir) if args.cache_dir is not None else None
-    training = load_scenes(
-        description.splits["training"], SceneCache(config.class_names, config.scenes, cache_dir), config.scenes_per_case
+    # The prior needs the training scenes' boxes only: geometry without pixels (the same draws as training's).
+    geometry_only = SceneCache(config.class_names, replace(config.scenes, render=False), cache_dir)
+    prior = MeanBoxPrior.fit(
+        config.class_names, load_scenes(description.splits["training"], geometry_only, config.scenes_per_case)
     )
-    prior = MeanBoxPrior.fit(config.class_names, training)
     results = []
     for count in counts:
         cache = SceneCache(config.class_names, view_setting(config, count, settings[count]), cache_dir)
