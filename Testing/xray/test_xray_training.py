@@ -54,8 +54,10 @@ def trained(dataset_json: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     return {"run": run, "cache": cache, "data": dataset_json}
 
 
-def test_short_training_run_checkpoints_and_resumes(trained: dict[str, Path]) -> None:
+def test_short_training_run_checkpoints_and_resumes(trained: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
     run = trained["run"]
+    again = ["xray", "train", "--data", str(trained["data"]), "--output", str(run), "--resume"]
+    assert main(again) == 0 and "already finished" in capsys.readouterr().out  # resuming a finished run: no-op
     for folder in ("last", "best"):
         assert {"model.safetensors", "xray_config.json"} <= {p.name for p in (run / folder).iterdir()}
     assert torch.load(run / LAST / STATE_FILE, weights_only=True)["step"] == 20

@@ -126,7 +126,8 @@ class XrayTrainer:
         run_started = started = time.monotonic()  # started: when elapsed_s was last brought up to date
         sums, counts = defaultdict(float), 0
         if self.step >= config.max_steps:
-            return f"already finished ({config.max_steps} steps)"
+            self.log(f"the run already finished ({config.max_steps} steps); nothing to do")
+            return "already finished"
         stop = "finished"
         while self.step < config.max_steps:
             if limits.max_steps is not None and self.step >= limits.max_steps:
@@ -135,20 +136,7 @@ class XrayTrainer:
             if limits.time_limit_s is not None and time.monotonic() - run_started >= limits.time_limit_s:
                 stop = "stopped at the time limit; continue with --resume"
                 break
-            for group in self.optimiser.param_groups:
-                group["lr"] = config.learning_rate * learning_rate_factor(
-                    self.step, config.warmup_steps, config.max_steps
-                )
-            batch = sample_batch(
-                self.train_scenes, config.batch_size, config.min_views, self.rng, config.photometric, self.generator
-            )
-            outputs = self.model(batch.images, batch.cameras, batch.isocenters)
-            losses = self.loss(outputs, batch.scenes)
-            self.optimiser.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.gradient_clip)
-            self.optimiser.step()
-            self.step += 1
+            losses = self._step()
             for name, value in losses.items():
                 if "_aux" not in name:
                     sums[name] += float(value.detach())
@@ -168,6 +156,22 @@ class XrayTrainer:
         self._save_last()
         self.log(f"{stop} at step {self.step} after {self.elapsed_s / 60:.1f} min of training")
         return stop
+
+    def _step(self) -> dict[str, torch.Tensor]:
+        """One optimiser step on a fresh batch; returns its losses."""
+        config = self.config
+        for group in self.optimiser.param_groups:
+            group["lr"] = config.learning_rate * learning_rate_factor(self.step, config.warmup_steps, config.max_steps)
+        batch = sample_batch(
+            self.train_scenes, config.batch_size, config.min_views, self.rng, config.photometric, self.generator
+        )
+        losses = self.loss(self.model(batch.images, batch.cameras, batch.isocenters), batch.scenes)
+        self.optimiser.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.gradient_clip)
+        self.optimiser.step()
+        self.step += 1
+        return losses
 
     def _validate_and_save(self) -> None:
         figures = evaluate_scenes(self.model, self.val_scenes, self.config.class_names)
