@@ -1,4 +1,4 @@
-"""Speed and memory of the X-ray tools: DRR rendering per view and carving per case.
+"""Speed and memory of the X-ray tools: DRR rendering per view, carving per case and the MV2D network per scene.
 
 Each measurement runs in its own child process so that its peak memory is its own: on CPU the process's resident
 set size after the CT was read and converted to attenuation, and its peak over the whole run (reading and
@@ -88,6 +88,28 @@ def measure_carving(cases: int) -> dict:
     return {"seconds_per_case_7_organs_10_views": (time.perf_counter() - started) / cases}
 
 
+def measure_mv2d(repeats: int, device_name: str) -> dict:
+    """The shipped MV2D model on one scene of pt_201 with 10 views at its trained detector size (network only)."""
+    import torch
+    from organdetr.dataset import CaseRecord
+    from organdetr.inference import select_device
+    from organdetr.xray.inference import predict
+    from organdetr.xray.model_file import load_model
+    from organdetr.xray.scenes import make_scene, read_case
+
+    device = select_device(device_name)
+    loaded = load_model(device=device)
+    record = CaseRecord("pt_201", HEAD_NECK / "ct.nii.gz", HEAD_NECK / "oar_label.nii.gz", ())
+    scene = make_scene(read_case(record, loaded.config.class_names), loaded.config.scenes)
+    isocenter = torch.as_tensor(scene.isocenter, dtype=torch.float32)[None]
+    predict(loaded.model, scene.images[None], [scene.cameras], isocenter)  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        predict(loaded.model, scene.images[None], [scene.cameras], isocenter)
+    seconds = (time.perf_counter() - started) / repeats
+    return {"seconds_per_scene": seconds, "device": str(device), "threads": torch.get_num_threads()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -98,11 +120,14 @@ def main() -> int:
         if args.child < len(RENDERS):
             _, ct, pixels, spacing, chunk = RENDERS[args.child]
             figures = measure_render(ct, pixels, spacing, chunk, args.device, args.views)
-        else:
+        elif args.child == len(RENDERS):
             figures = measure_carving(cases=10)
+        else:
+            figures = measure_mv2d(repeats=10, device_name=args.device)
         print(json.dumps(figures))
         return 0
-    for child, name in enumerate([r[0] for r in RENDERS] + ["carving pt_201 (LP, 7 organs, 10 views)"]):
+    names = [r[0] for r in RENDERS] + ["carving pt_201 (LP, 7 organs, 10 views)", "MV2D pt_201 (10 views of 64^2)"]
+    for child, name in enumerate(names):
         command = [sys.executable, __file__, "--child", str(child), "--device", args.device, "--views", str(args.views)]
         completed = subprocess.run(command, capture_output=True, text=True)
         if completed.returncode != 0:
