@@ -236,3 +236,15 @@ def test_threads_option_before_or_after_the_xray_command(arguments: list[str], t
     from organdetr_backend.cli import build_parser
 
     assert build_parser().parse_args(arguments).threads == threads
+
+
+def test_label_map_on_another_grid_is_refused(pt_201: HeadNeckCase, tmp_path: Path, capsys) -> None:
+    label = sitk.ReadImage(str(pt_201.label_path))
+    label.SetOrigin([value + 2.0 for value in label.GetOrigin()])
+    shifted = tmp_path / "shifted.nii.gz"
+    sitk.WriteImage(label, str(shifted))
+    arguments = ["xray", "render", str(pt_201.ct_path), "-o", str(tmp_path / "views"), *RENDER_SETTINGS]
+    assert main([*arguments, "--label", str(shifted), "--boxes2d", str(tmp_path / "boxes.json")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "label map grid differs from the CT's (origin" in error, error
+    assert not (tmp_path / "views").exists()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from organdetr_client.same_grid import grid_differences
 
 from . import __version__
 from .threads import THREADS_HELP
@@ -178,12 +179,10 @@ def _render(args: argparse.Namespace) -> int:
     boxes = None
     if args.label is not None:
         label = read_image(args.label).image
-        same_grid = all(
-            np.allclose(getattr(label, name)(), getattr(loaded.image, name)(), atol=1e-4)
-            for name in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection")
-        )
-        if not same_grid:
-            raise UserInputError(f"{Path(args.label).name}: label map grid differs from the CT's")
+        differences = grid_differences(loaded.image, label)
+        if differences:
+            detail = "; ".join(differences)
+            raise UserInputError(f"{Path(args.label).name}: label map grid differs from the CT's ({detail})")
         corners = organ_corners(label, len(class_names))
         silhouettes = np.stack([silhouette_boxes(cameras, c) for c in corners], axis=1)
         boxes = Boxes2D(class_names, silhouettes, np.where(np.isfinite(silhouettes[..., 0]), 1.0, np.nan))
