@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One rerunnable training command for a GPU machine (issue 9, "train to target"): fine-tunes the shipped model with
+# the precision recipe (segmentation branch for box refinement, IoU-quality head, soft-tissue channel, rare organs
+# oversampled; DQM lambda 0.2 as always), mixed precision (bf16 where supported), a larger batch, 8 loader workers.
+# Run it again with the same folder and it resumes from last/; every call stops cleanly after MINUTES of training
+# (default 8, to fit a short lease), keeping last/ and best/ (best by validation mAP). Validate what it produces on
+# the CPU with `organdetr evaluate --model RUN/best --device cpu ...`.
+#
+#   models/train_on_gpu.sh RUN_FOLDER [MINUTES]
+#   ORGANDETR_DATA=dataset.json  ORGANDETR_CACHE=cache/  ORGANDETR_DEVICE=cuda|cpu  ORGANDETR_EPOCHS=400
+set -euo pipefail
+cd "$(dirname "$0")/.."
+run="${1:?usage: models/train_on_gpu.sh RUN_FOLDER [MINUTES]}"
+minutes="${2:-8}"
+data="${ORGANDETR_DATA:-../shared/data/openkbp/dataset.json}"
+cache="${ORGANDETR_CACHE:-$run.cache}"
+common=(--data "$data" --output "$run" --cache-dir "$cache" --time-limit-minutes "$minutes" --workers 8)
+if [ -f "$run/last/config.json" ]; then
+    exec python -m organdetr_backend.cli train "${common[@]}" --resume
+fi
+exec python -m organdetr_backend.cli train "${common[@]}" --init-weights default \
+    --segmentation-branch --quality-head --soft-tissue-channel --oversample-rare-organs 0.5 \
+    --device "${ORGANDETR_DEVICE:-cuda}" --batch-size 8 --lr 2e-4 --warmup-steps 200 \
+    --epochs "${ORGANDETR_EPOCHS:-400}" --val-every 5
