@@ -123,3 +123,19 @@ def test_two_classes_are_averaged_and_table_is_readable() -> None:
 def test_no_ground_truth_at_all_gives_none() -> None:
     metrics = compute_metrics([image([(0, 0.9, CUBE)], [])], NAMES)
     assert metrics.mAP is None and metrics.mAR is None
+
+
+def test_score_iou_rank_correlation() -> None:
+    # Shifts 0, 2, 4, 6 mm give IoUs 1, 0.67, 0.43, 0.25: scores in the same order rank perfectly, reversed ones
+    # perfectly wrong; class B's detections are pooled with A's in the summary.
+    ranked = [image([(0, score, shifted(s))], [(0, CUBE)]) for score, s in ((0.9, 0), (0.8, 2), (0.7, 4), (0.6, 6))]
+    reversed_ = [image([(1, score, shifted(s))], [(1, CUBE)]) for score, s in ((0.6, 0), (0.7, 2), (0.8, 4), (0.9, 6))]
+    metrics = compute_metrics(ranked + reversed_, NAMES)
+    assert metrics.per_class[0].score_iou_spearman == pytest.approx(1.0)
+    assert metrics.per_class[1].score_iou_spearman == pytest.approx(-1.0)
+    assert metrics.score_iou_spearman == pytest.approx(0.0, abs=0.3)
+    assert json.loads(json.dumps(metrics.to_dict()))["score_iou_spearman"] == pytest.approx(metrics.score_iou_spearman)
+    # Equal scores say nothing about quality: no correlation is reported.
+    flat = [image([(0, 0.9, shifted(s))], [(0, CUBE)]) for s in (0, 2, 4)]
+    assert compute_metrics(flat, NAMES).score_iou_spearman is None
+    assert "rho(score, IoU)" in format_table(metrics)

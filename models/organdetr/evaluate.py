@@ -176,17 +176,21 @@ def format_table(metrics) -> str:
     def cell(value: float | None, digits: int = 3) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    header = f"{'organ':<16}{'n':>5}{'AP':>7}{'AP50':>7}{'AP75':>7}{'AR':>7}{'IoU':>7}{'centre mm':>11}{'size mm':>9}"
+    header = (
+        f"{'organ':<16}{'n':>5}{'AP':>7}{'AP50':>7}{'AP75':>7}{'AR':>7}{'IoU':>7}{'centre mm':>11}{'size mm':>9}"
+        f"{'rho(score,IoU)':>16}"
+    )
     lines = [header, "-" * len(header)]
     for c in metrics.per_class:
         lines.append(
             f"{c.name:<16}{c.num_gt:>5}{cell(c.AP):>7}{cell(c.AP50):>7}{cell(c.AP75):>7}{cell(c.AR):>7}"
             f"{cell(c.mean_iou, 2):>7}{cell(c.centre_error_mm, 1):>11}{cell(c.size_error_mm, 1):>9}"
+            f"{cell(c.score_iou_spearman, 2):>16}"
         )
     lines.append("-" * len(header))
     lines.append(
         f"mAP {cell(metrics.mAP)}  AP50 {cell(metrics.AP50)}  AP75 {cell(metrics.AP75)}  mAR {cell(metrics.mAR)}  "
-        f"mAP_nndet {cell(metrics.mAP_nndet)}  "
+        f"mAP_nndet {cell(metrics.mAP_nndet)}  rho(score, IoU) {cell(metrics.score_iou_spearman, 2)}  "
         f"(fractions, as in the model card; {metrics.num_images} images; '-' = no ground truth)"
     )
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.stats
 import torch
 
 from .box_ops import pairwise_iou
@@ -87,6 +88,8 @@ class ClassMetrics:
     mean_iou: float | None  # IoU of the class's detection with the ground truth (0 where none), averaged
     centre_error_mm: float | None  # distance of box centres, over detected organs
     size_error_mm: float | None  # mean absolute edge-length difference over the 3 axes, over detected organs
+    # Spearman rank correlation of the detections' scores with their IoU (do scores rank boxes by quality?).
+    score_iou_spearman: float | None = None
 
 
 @dataclass
@@ -104,6 +107,8 @@ class DetectionMetrics:
     query_boxes: DetectionMetrics | None = None  # the same images with the unrefined query boxes
     segmentation_dice: dict[str, float | None] | None = None  # per organ, mean over images that annotate it
     per_case: list[dict] | None = None  # per image: its name and, per annotated organ, presence, score and IoU
+    # Over every organ's detection with ground truth, all organs pooled (see ClassMetrics.score_iou_spearman).
+    score_iou_spearman: float | None = None
 
     def to_dict(self) -> dict:
         summary = {key: getattr(self, key) for key in SUMMARY_KEYS}
@@ -112,6 +117,7 @@ class DetectionMetrics:
             "num_images": self.num_images,
             "per_class": {c.name: {k: v for k, v in c.__dict__.items() if k != "name"} for c in self.per_class},
             "presence": None if self.presence is None else self.presence.to_dict(),
+            "score_iou_spearman": self.score_iou_spearman,
         }
         if self.query_boxes is not None:
             result["query_boxes"] = self.query_boxes.to_dict()
@@ -182,6 +188,7 @@ def compute_metrics(
     """COCO-style 3D metrics with one detection per image and class; see the module docstring. With presence
     probabilities in every image, also the :class:`PresenceMetrics` at ``presence_threshold``."""
     per_class: list[ClassMetrics] = []
+    score_iou_pairs: list[tuple[float, float]] = []
     for k, name in enumerate(class_names):
         records = _ClassRecords()
         ious_of_gt: list[float] = []
@@ -206,7 +213,13 @@ def compute_metrics(
                 ious_of_gt.extend([float(iou[nearest])] + [0.0] * (len(gt) - 1))
                 centre_errors.append(float(torch.linalg.norm(box[:3] - gt[nearest, :3])))
                 size_errors.append(float((box[3:] - gt[nearest, 3:]).abs().mean()))
-        per_class.append(_class_metrics(name, records, ious_of_gt, centre_errors, size_errors))
+        pairs = [
+            (records.scores[i], float(records.ious[image].max()))
+            for i, image in enumerate(records.image_of_detection)
+            if records.ious[image].size
+        ]
+        score_iou_pairs += pairs
+        per_class.append(_class_metrics(name, records, ious_of_gt, centre_errors, size_errors, pairs))
     scored = [c for c in per_class if c.num_gt > 0]
 
     def mean(key: str) -> float | None:
@@ -227,7 +240,18 @@ def compute_metrics(
         num_images=len(images),
         per_class=per_class,
         presence=presence,
+        score_iou_spearman=_spearman(score_iou_pairs),
     )
+
+
+def _spearman(pairs: Sequence[tuple[float, float]]) -> float | None:
+    """Spearman's rank correlation of (score, IoU) pairs; ``None`` when either side has no spread."""
+    if len(pairs) < 3:
+        return None
+    scores, ious = np.array(pairs).T
+    if np.ptp(scores) == 0 or np.ptp(ious) == 0:
+        return None
+    return float(scipy.stats.spearmanr(scores, ious).statistic)
 
 
 def _class_metrics(
@@ -236,6 +260,7 @@ def _class_metrics(
     ious_of_gt: list[float],
     centre_errors: list[float],
     size_errors: list[float],
+    score_iou_pairs: Sequence[tuple[float, float]],
 ) -> ClassMetrics:
     if records.num_gt == 0:
         return ClassMetrics(name, 0, 0, None, None, None, None, None, None, None, None)
@@ -254,4 +279,5 @@ def _class_metrics(
         mean_iou=float(np.mean(ious_of_gt)),
         centre_error_mm=float(np.mean(centre_errors)) if centre_errors else None,
         size_error_mm=float(np.mean(size_errors)) if size_errors else None,
+        score_iou_spearman=_spearman(score_iou_pairs),
     )
