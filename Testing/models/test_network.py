@@ -88,7 +88,13 @@ def test_every_parameter_gets_a_gradient(variant):
         )
     elif variant == "segmentation_branch_quality_presence":
         branch = SegmentationBranchConfig(enabled=True, output_stride=1)
-        config = dataclasses.replace(config, segmentation_branch=branch, quality_head=True, presence_head=True)
+        config = dataclasses.replace(
+            config,
+            segmentation_branch=branch,
+            quality_head=True,
+            presence_head=True,
+            presence_levels=len(config.backbone.out_stages),  # every level feeds the presence head
+        )
     model = build_model(config).train()
     images = torch.randn(2, 1, 32, 32, 32)
     _random_loss(model(images), torch.Generator().manual_seed(1)).backward()

@@ -218,10 +218,10 @@ def test_init_weights_fine_tunes_from_a_model_folder(setup, tmp_path) -> None:
         (-160.0, 240.0),
     )
 
-    # A new presence head fitted alone: every other weight stays exactly as it was.
+    # A new presence head (pooling all 3 levels) fitted alone: every other weight stays exactly as it was.
     head = tmp_path / "head"
     code = main(["train", "--data", str(data), "--output", str(head), "--device", "cpu", "--init-weights",
-                 str(first / "last"), "--presence-head", "--train-only", "presence_head", "--epochs", "1",
+                 str(first / "last"), "--presence-levels", "3", "--train-only", "presence_head", "--epochs", "1",
                  "--batch-size", "2", "--lr", "1e-2", "--no-augment"])  # fmt: skip
     assert code == 0
     fitted = load_file(head / "last" / "model.safetensors")
@@ -229,6 +229,10 @@ def test_init_weights_fine_tunes_from_a_model_folder(setup, tmp_path) -> None:
     assert {name for name in fitted if name not in before} == {
         f"presence_head.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")
     }
+    assert (
+        fitted["presence_head.0.weight"].shape[1]
+        == 2 * 3 * DetectorConfig.from_json_file(head / "last" / "config.json").model.decoder.d_model
+    )  # mean and max of each of the 3 levels
 
 
 def test_init_weights_rejects_conflicting_options(setup, tmp_path, capsys) -> None:

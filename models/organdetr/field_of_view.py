@@ -3,8 +3,8 @@
 A radiologist's scan can stop anywhere: at the mandible, above the larynx, or hold no head-and-neck organ at all.
 Each training sample is cut from a case the way such a scan would be (a random slab along the head-foot axis, half
 of them ending at an organ's first or last slice, now and then narrower in-plane, now and then a slab with no
-annotated organ), placed at a random position in the
-network window, and padded with air, exactly as :mod:`organdetr.windows` pads a small scan at inference.
+annotated organ), placed at a random position in the network window, and padded with air, exactly as
+:mod:`organdetr.windows` pads a small scan at inference.
 
 Partial-label rules (``annotated`` per sample):
 
