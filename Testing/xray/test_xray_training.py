@@ -14,11 +14,12 @@ import pytest
 import torch
 from organdetr.box_ops import pairwise_iou
 from organdetr.dataset import CaseRecord
+from organdetr.optimizer import lr_factor
 from organdetr.xray.camera import CArmGeometry
 from organdetr.xray.inference import fit_views_to_model
 from organdetr.xray.scenes import SceneConfig, make_scene, read_case
 from organdetr.xray.silhouettes import world_box
-from organdetr.xray.training import LAST, STATE_FILE, learning_rate_factor
+from organdetr.xray.training import LAST, MIN_LR_FACTOR, STATE_FILE
 from organdetr.xray.training_config import XrayTrainingConfig, preset
 from organdetr.xray.views_file import ViewSet
 from organdetr_backend.cli import main
@@ -118,7 +119,7 @@ def test_scene_subset_keeps_cameras_images_and_boxes_together(pt_201: HeadNeckCa
 
 
 def test_learning_rate_warms_up_then_decays() -> None:
-    factors = [learning_rate_factor(step, 10, 100) for step in range(100)]
+    factors = [lr_factor(step, 10, 100, final_fraction=MIN_LR_FACTOR) for step in range(100)]
     assert factors[0] == 0.1 and factors[9] == 1.0 and factors[10] == 1.0
     assert all(a >= b for a, b in itertools.pairwise(factors[10:])) and factors[-1] < 0.06
 

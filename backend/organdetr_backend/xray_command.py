@@ -114,13 +114,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument("-o", "--output", help="write the figures as JSON")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     evaluate.set_defaults(xray_run=_evaluate)
-    for command in (
-        render,
-        carve,
-        detect,
-        train,
-        evaluate,
-    ):  # given after the sub-command too; SUPPRESS keeps `xray --threads N` working
+    # --threads also after the sub-command; SUPPRESS keeps `xray --threads N` working.
+    for command in (render, carve, detect, train, evaluate):
         command.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=THREADS_HELP)
 
 

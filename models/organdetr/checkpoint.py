@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,17 +50,28 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: DetectorCon
     weights_path, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
     if not overwrite and (weights_path.exists() or config_path.exists()):
         raise UserInputError(f"a checkpoint already exists in {directory}; choose another folder")
-    # Independent contiguous copies: safetensors refuses tensors that share memory (e.g. tied heads).
-    state = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
-    metadata = {
-        "format": "pt",
-        "producer": f"organdetr {__version__}",
-        "class_names": json.dumps(list(config.class_names)),
-    }
-    with atomic_path(weights_path) as temp:
-        save_file(state, str(temp), metadata=metadata)
+    write_weights(weights_path, model, config.class_names)
     atomic_write_text(config_path, config.to_json())
     return directory
+
+
+def write_weights(path: Path, model: nn.Module, class_names: Sequence[str]) -> None:
+    """``model``'s state as safetensors at ``path`` (atomically), with the producer and class names as metadata."""
+    # Independent contiguous copies: safetensors refuses tensors that share memory (e.g. tied heads).
+    state = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
+    metadata = {"format": "pt", "producer": f"organdetr {__version__}", "class_names": json.dumps(list(class_names))}
+    with atomic_path(path) as temp:
+        save_file(state, str(temp), metadata=metadata)
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of a safetensors file and the sha256 of the very bytes loaded (it identifies the weights in use)."""
+    data = path.read_bytes()
+    try:
+        state = load(data)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserInputError(f"cannot read weights {path}: {error}") from None
+    return state, hashlib.sha256(data).hexdigest()
 
 
 def _resolve(ref: str | Path | None) -> Path:
@@ -77,7 +89,7 @@ def _resolve(ref: str | Path | None) -> Path:
     return directory
 
 
-def _check_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     """One-line description of every key or shape difference between ``state`` and ``model``."""
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
@@ -111,21 +123,16 @@ def load_checkpoint(ref: str | Path | None = None, device: str | torch.device = 
         config = DetectorConfig.from_json_file(config_path)
     except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
         raise UserInputError(f"invalid {config_path}: {error}") from None
-    # Hash the very bytes that are loaded, so the reported digest identifies the weights in use.
-    data = weights_path.read_bytes()
-    try:
-        state = load(data)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise UserInputError(f"cannot read weights {weights_path}: {error}") from None
+    state, weights_sha256 = read_weights(weights_path)
     try:
         model = build_model(config.model)
     except (ValueError, TypeError) as error:
         raise UserInputError(f"cannot build the network described in {config_path}: {error}") from None
-    _check_state(model, state, weights_path)
+    check_state(model, state, weights_path)
     model.load_state_dict(state)
     return LoadedDetector(
         model=model.to(device).eval(),
         config=config,
-        weights_sha256=hashlib.sha256(data).hexdigest(),
+        weights_sha256=weights_sha256,
         directory=directory,
     )

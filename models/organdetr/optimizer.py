@@ -14,12 +14,12 @@ from .config import TrainConfig
 FINAL_LR_FRACTION = 0.01
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up to 1, then cosine decay to FINAL_LR_FRACTION at ``total_steps``."""
+def lr_factor(step: int, warmup_steps: int, total_steps: int, final_fraction: float = FINAL_LR_FRACTION) -> float:
+    """Linear warm-up to 1, then cosine decay to ``final_fraction`` at ``total_steps``."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return FINAL_LR_FRACTION + (1.0 - FINAL_LR_FRACTION) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def build_optimizer(

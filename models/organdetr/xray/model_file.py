@@ -11,18 +11,13 @@ Weights are safetensors only (loading runs no code); every problem with a folder
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load, save_file
 
-from .. import __version__
-from ..atomic_file import atomic_path, atomic_write_text
-from ..checkpoint import WEIGHTS_FILE, _check_state
+from ..atomic_file import atomic_write_text
+from ..checkpoint import WEIGHTS_FILE, check_state, read_weights, write_weights
 from ..errors import UserInputError
 from .mv2d import MV2D
 from .training_config import XrayTrainingConfig
@@ -43,10 +38,7 @@ def save_model(directory: str | Path, model: MV2D, config: XrayTrainingConfig) -
     """Write (or replace) the weights and config in ``directory``, each file atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
-    metadata = {"format": "pt", "producer": f"organdetr {__version__}", "class_names": json.dumps(config.class_names)}
-    with atomic_path(directory / WEIGHTS_FILE) as temporary:
-        save_file(state, str(temporary), metadata=metadata)
+    write_weights(directory / WEIGHTS_FILE, model, config.class_names)
     atomic_write_text(directory / CONFIG_FILE, config.to_json())
     return directory
 
@@ -61,12 +53,8 @@ def load_model(directory: str | Path | None = None, device: str | torch.device =
         if not path.is_file():
             raise UserInputError(f"{path.name} missing in X-ray model folder {directory}")
     config = XrayTrainingConfig.from_json_file(config_path)
-    data = weights_path.read_bytes()
-    try:
-        state = load(data)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise UserInputError(f"cannot read weights {weights_path}: {error}") from None
+    state, weights_sha256 = read_weights(weights_path)
     model = MV2D(config.model)
-    _check_state(model, state, weights_path)
+    check_state(model, state, weights_path)
     model.load_state_dict(state)
-    return LoadedXrayModel(model.to(device).eval(), config, hashlib.sha256(data).hexdigest(), directory)
+    return LoadedXrayModel(model.to(device).eval(), config, weights_sha256, directory)

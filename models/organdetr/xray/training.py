@@ -16,7 +16,6 @@ decay and gradient clipping.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -27,9 +26,10 @@ import numpy as np
 import torch
 
 from ..atomic_file import atomic_path, atomic_write_text
-from ..checkpoint import WEIGHTS_FILE
+from ..checkpoint import WEIGHTS_FILE, read_weights
 from ..dataset import load_dataset_json
 from ..errors import UserInputError
+from ..optimizer import lr_factor
 from .evaluation import evaluate_scenes
 from .model_file import CONFIG_FILE, save_model
 from .mv2d import MV2D, MV2DLoss
@@ -51,14 +51,6 @@ class RunLimits:
 
     max_steps: int | None = None
     time_limit_s: float | None = None
-
-
-def learning_rate_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up, then cosine decay to :data:`MIN_LR_FACTOR`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
-    return MIN_LR_FACTOR + (1 - MIN_LR_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class XrayTrainer:
@@ -107,9 +99,8 @@ class XrayTrainer:
             self._restore(last)
 
     def _restore(self, last: Path) -> None:
-        from safetensors.torch import load_file
-
-        self.model.load_state_dict(load_file(str(last / WEIGHTS_FILE)))
+        weights, _ = read_weights(last / WEIGHTS_FILE)
+        self.model.load_state_dict(weights)
         state = torch.load(last / STATE_FILE, weights_only=True)
         self.optimiser.load_state_dict(state["optimiser"])
         self.rng.bit_generator.state = json.loads(state["numpy_rng"])
@@ -161,7 +152,8 @@ class XrayTrainer:
         """One optimiser step on a fresh batch; returns its losses."""
         config = self.config
         for group in self.optimiser.param_groups:
-            group["lr"] = config.learning_rate * learning_rate_factor(self.step, config.warmup_steps, config.max_steps)
+            factor = lr_factor(self.step, config.warmup_steps, config.max_steps, final_fraction=MIN_LR_FACTOR)
+            group["lr"] = config.learning_rate * factor
         batch = sample_batch(
             self.train_scenes, config.batch_size, config.min_views, self.rng, config.photometric, self.generator
         )
