@@ -30,6 +30,7 @@ from ..checkpoint import WEIGHTS_FILE, read_weights
 from ..dataset import load_dataset_json
 from ..errors import UserInputError
 from ..optimizer import lr_factor
+from ..run_folder import TRAINING_STATE_FILE, RunFolder
 from .evaluation import evaluate_scenes
 from .model_file import CONFIG_FILE, save_model
 from .mv2d import MV2D, MV2DLoss
@@ -38,7 +39,7 @@ from .training_config import XrayTrainingConfig
 from .training_data import load_scenes, sample_batch
 
 LAST, BEST = "last", "best"
-STATE_FILE = "training_state.pt"
+STATE_FILE = TRAINING_STATE_FILE
 HISTORY_FILE = "history.json"
 PLOT_FILE = "training_curves.png"
 LOG_EVERY = 25  # steps per logged row of mean losses
@@ -66,13 +67,11 @@ class XrayTrainer:
         log: Callable[[str], None] = print,
     ) -> None:
         self.output, self.log = Path(output), log
-        last = self.output / LAST
+        folder = RunFolder(self.output)  # the same last/ layout and start rules as the CT detector's runs
+        folder.check_start(resume)
+        last = folder.last
         if resume:
-            if not (last / STATE_FILE).is_file():
-                raise UserInputError(f"nothing to resume: {last / STATE_FILE} does not exist")
             config = XrayTrainingConfig.from_json_file(last / CONFIG_FILE)
-        elif self.output.exists() and any(self.output.iterdir()):
-            raise UserInputError(f"{self.output} is not empty; pass --resume to continue it or choose a new folder")
         self.config = config
         description = load_dataset_json(data, ("training", "validation"))
         if description.class_names != config.class_names:
