@@ -194,6 +194,7 @@ def compute_metrics(
         ious_of_gt: list[float] = []
         centre_errors: list[float] = []
         size_errors: list[float] = []
+        pairs: list[tuple[float, float]] = []  # (score, IoU) of each detection with ground truth
         for index, image in enumerate(images):
             if not bool(image.annotated[k]):
                 continue  # not contoured here: its detections are neither right nor wrong
@@ -213,11 +214,7 @@ def compute_metrics(
                 ious_of_gt.extend([float(iou[nearest])] + [0.0] * (len(gt) - 1))
                 centre_errors.append(float(torch.linalg.norm(box[:3] - gt[nearest, :3])))
                 size_errors.append(float((box[3:] - gt[nearest, 3:]).abs().mean()))
-        pairs = [
-            (records.scores[i], float(records.ious[image].max()))
-            for i, image in enumerate(records.image_of_detection)
-            if records.ious[image].size
-        ]
+                pairs.append((records.scores[-1], float(iou[nearest])))
         score_iou_pairs += pairs
         per_class.append(_class_metrics(name, records, ious_of_gt, centre_errors, size_errors, pairs))
     scored = [c for c in per_class if c.num_gt > 0]
