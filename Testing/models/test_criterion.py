@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from monai.losses import DiceCELoss
 from organdetr.box_ops import boxes_from_label_map
 from organdetr.config import LossConfig, MatcherConfig
 from organdetr.criterion import SetCriterion
@@ -101,12 +100,38 @@ def test_segmentation_loss_ignores_unannotated_channels(make_outputs) -> None:
     assert all(float(level.grad[:, 3].abs().max()) > 0.0 for level in seg_logits)
 
 
-def test_segmentation_loss_is_monai_dice_ce_on_kept_channels(make_outputs) -> None:
+def hand_dice_loss(probs: torch.Tensor, label_map: torch.Tensor, channels: list[int]) -> torch.Tensor:
+    """Mean over ``channels`` of ``1 - 2 |P G| / (|P| + |G|)`` (MONAI's smoothing terms are 1e-5)."""
+    terms = []
+    for k in channels:
+        truth = (label_map == k).float()
+        terms.append(1 - (2 * (probs[0, k] * truth).sum() + 1e-5) / (probs[0, k].sum() + truth.sum() + 1e-5))
+    return torch.stack(terms).mean()
+
+
+def test_segmentation_loss_is_cross_entropy_plus_dice_of_present_organs(make_outputs) -> None:
+    """Kept channels [background, organ 1, organ 2]: cross-entropy over them plus the Dice of organs 1 and 2."""
     seg_logits, targets = seg_case([True, True, False], seed=1)
-    finest = seg_logits[0].detach()
+    finest, label_map = seg_logits[0].detach(), targets[0]["label_map"]
     loss = one_to_one_criterion()({**make_outputs(1, 4, NUM_CLASSES), "seg_logits": [finest]}, targets)["loss_seg"]
-    expected = DiceCELoss(softmax=True, to_onehot_y=True)(finest[:, :3], targets[0]["label_map"][None, None])
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    kept = finest[:, :3]
+    expected = torch.nn.functional.cross_entropy(kept, label_map[None]) + hand_dice_loss(
+        kept.softmax(1), label_map, [1, 2]
+    )
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_annotated_organ_missing_from_the_sample_has_no_dice_term(make_outputs) -> None:
+    """Organ 3 is annotated but has no voxel here (the window left it out): it is background in the cross-entropy,
+    and its empty Dice target, which would push its probability down everywhere, is not counted."""
+    seg_logits, targets = seg_case([True, True, True], seed=2)
+    finest, label_map = seg_logits[0].detach(), targets[0]["label_map"]
+    loss = one_to_one_criterion()({**make_outputs(1, 4, NUM_CLASSES), "seg_logits": [finest]}, targets)["loss_seg"]
+    probs = finest.softmax(1)
+    cross_entropy = torch.nn.functional.cross_entropy(finest, label_map[None])
+    assert loss.item() == pytest.approx((cross_entropy + hand_dice_loss(probs, label_map, [1, 2])).item(), rel=1e-5)
+    with_empty_target = cross_entropy + hand_dice_loss(probs, label_map, [1, 2, 3])
+    assert loss.item() != pytest.approx(with_empty_target.item(), rel=1e-3)
 
 
 def test_total_includes_weighted_aux_and_seg_terms(make_outputs, make_targets) -> None:

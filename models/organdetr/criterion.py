@@ -7,7 +7,10 @@ Partial labels: a training sample may annotate only some organs (``target["annot
 matched to any ground truth is trained towards "no object", but a missing annotation is no evidence that the query
 is not one of the unannotated organs; so for unmatched queries the logits of the sample's unannotated classes are
 removed from the softmax (set to ``-inf``). Likewise the segmentation loss only uses the background channel and the
-channels of annotated organs.
+channels of annotated organs. Its Dice term counts only the organs that have voxels in the sample: an organ the
+window leaves out has an empty Dice target, whose loss is ~1 whatever the prediction and whose gradient pushes the
+organ's probability down everywhere. Measured: with that term, a branch on frozen features predicted background
+everywhere after 400 steps; without it, validation Dice 0.35-0.66 (nnU-Net and nnDetection also avoid it).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
+from monai.losses import DiceLoss
 from torch import nn
 
 from .box_ops import matched_giou, pairwise_iou
@@ -43,7 +46,7 @@ class SetCriterion(nn.Module):
         class_weight = torch.full((num_classes + 1,), config.organ_class_weight)
         class_weight[num_classes] = config.background_class_weight
         self.register_buffer("class_weight", class_weight)
-        self.seg_loss = DiceCELoss(softmax=True, to_onehot_y=True)
+        self.dice = DiceLoss(include_background=False, reduction="none")
         self.weights = {
             "loss_class": config.weight_class,
             "loss_bbox": config.weight_bbox,
@@ -117,7 +120,8 @@ class SetCriterion(nn.Module):
         return F.binary_cross_entropy_with_logits(logits[known], truth[known])
 
     def loss_seg(self, seg_logits: list[torch.Tensor], targets: list[Target]) -> torch.Tensor:
-        """DiceCE per level and sample on ``[background + annotated organs]`` channels, averaged over both."""
+        """Cross-entropy on ``[background + annotated organs]`` channels plus Dice on the annotated organs present in
+        the sample, per level and sample, averaged over both."""
         losses = []
         for level_logits in seg_logits:
             level_logits = level_logits.float()
@@ -131,7 +135,13 @@ class SetCriterion(nn.Module):
                 # target) count as background, like every voxel of an organ that was not annotated.
                 remap = torch.zeros(self.num_classes + 1, dtype=torch.long, device=level_logits.device)
                 remap[channels] = torch.arange(channels.numel(), device=level_logits.device)
-                losses.append(self.seg_loss(level_logits[b : b + 1, channels], remap[resized[b : b + 1]]))
+                logits, truth = level_logits[b : b + 1, channels], remap[resized[b, 0]][None]
+                loss = F.cross_entropy(logits, truth)
+                onehot = F.one_hot(truth, channels.numel()).permute(0, 4, 1, 2, 3).float()
+                present = onehot[0, 1:].flatten(1).any(dim=1)
+                if present.any():
+                    loss = loss + self.dice(logits.softmax(dim=1), onehot).flatten()[present].mean()
+                losses.append(loss)
         return torch.stack(losses).mean()
 
     def detection_losses(self, outputs: dict[str, Any], targets: list[Target]) -> dict[str, torch.Tensor]:
