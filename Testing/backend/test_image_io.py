@@ -350,3 +350,64 @@ def test_gzip_of_garbage_nifti(tmp_path):
     path = tmp_path / "wrapped.nii.gz"
     path.write_bytes(gzip.compress(b"this is not a nifti header" * 20))
     expect_error(path, "not a readable image")
+
+
+def _tilted(image: sitk.Image) -> sitk.Image:
+    """``image`` with an oblique, left-handed direction (LAS-like), so that geometry is no accident."""
+    angle = np.deg2rad(20)
+    tilt = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    out = sitk.Image(image)
+    out.SetDirection(tuple((tilt @ np.diag([-1.0, 1.0, 1.0])).ravel()))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("pixel_type", "read_as"),
+    [
+        (sitk.sitkUInt8, sitk.sitkInt16),
+        (sitk.sitkInt16, sitk.sitkInt16),
+        (sitk.sitkUInt16, sitk.sitkFloat32),
+        (sitk.sitkFloat32, sitk.sitkFloat32),
+        (sitk.sitkFloat64, sitk.sitkFloat32),
+    ],
+)
+@pytest.mark.parametrize("trivial_4d", [False, True])
+def test_compressed_nifti_is_what_itk_reads(ct, tmp_path, pixel_type, read_as, trivial_4d):
+    """A .nii.gz is inflated once, for the payload check, and its voxels used as they are: the same image as
+    ITK's own read of the file."""
+    values = sitk.Clamp(ct, lowerBound=0, upperBound=255) if pixel_type == sitk.sitkUInt8 else sitk.Abs(ct)
+    image = _tilted(sitk.Cast(values, pixel_type))
+    path = tmp_path / "volume.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries([image]) if trivial_4d else image, str(path))
+    itk = sitk.ReadImage(str(path))
+    itk = sitk.Extract(itk, [*itk.GetSize()[:3], 0], [0, 0, 0, 0]) if itk.GetDimension() == 4 else itk
+    loaded = read_image(path).image
+    assert loaded.GetPixelID() == read_as
+    assert loaded.GetSpacing() == itk.GetSpacing() and loaded.GetOrigin() == itk.GetOrigin()
+    assert loaded.GetDirection() == itk.GetDirection()
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(loaded), sitk.GetArrayViewFromImage(itk))
+
+
+def test_big_endian_nifti_is_left_to_itk(ct, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    path = tmp_path / "little.nii.gz"
+    sitk.WriteImage(_tilted(ct), str(path))
+    little = nib.load(str(path))
+    header = little.header.as_byteswapped(">")
+    big = tmp_path / "big.nii.gz"
+    nib.Nifti1Image(np.asanyarray(little.dataobj).astype(">i2"), None, header=header).to_filename(str(big))
+    assert_same_image(read_image(big).image, read_image(path).image)
+
+
+def test_voxels_short_behind_a_large_header_are_refused(ct, tmp_path):
+    """Voxel data that ends early is truncation even where the file still holds voxels + 348 bytes (a long header
+    extension): ITK would zero-fill the rest."""
+    path = tmp_path / "full.nii.gz"
+    sitk.WriteImage(ct, str(path))
+    data = bytearray(gzip.decompress(path.read_bytes()))
+    offset = 352 + 4096
+    data[108:112] = np.array([offset], dtype="<f4").tobytes()  # vox_offset
+    data[352:352] = bytes(offset - 352)  # room for a header extension
+    short = tmp_path / "short.nii.gz"
+    short.write_bytes(gzip.compress(bytes(data[:-1000])))
+    expect_error(short, "truncated or corrupt")

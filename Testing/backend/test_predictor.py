@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from organdetr.config import PreprocessConfig
 from organdetr.errors import NotAPatientCTError, UserInputError
 from organdetr.preprocess import preprocess_image, preprocess_label
+from organdetr_backend.ct_content import CTContentLimits, check_ct_content
 from organdetr_backend.image_io import LoadedImage, read_image
 from organdetr_backend.predictor import STAGE_PROGRESS, JobCancelled, Predictor, network_grid_to_image
 from organdetr_backend.schema import SCHEMA_FILE, DetectionResult
@@ -190,3 +191,22 @@ def test_what_is_not_a_ct_of_a_person_is_refused(tiny_predictor: Predictor, valu
     image = sitk.GetImageFromArray(values)
     with pytest.raises(NotAPatientCTError, match=message):
         tiny_predictor.predict(LoadedImage(image=image, source="memory"))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("body_hu_min", "body_hu_max", "tissue"),
+    [(3.0, 7.5, True), (3.2, 7.5, False), (3.0, 6.9, False), (-1e6, 1e6, True)],
+)
+def test_tissue_bounds_count_alike_for_every_pixel_type(dtype, body_hu_min, body_hu_max, tissue) -> None:
+    """Two voxels of 1000, at 3 and 7, are the tissue share needed; integer voxels are compared in their own type,
+    with the same outcome as in floating point, also where a bound does not fit that type."""
+    values = np.zeros(1000, dtype=dtype)
+    values[[10, 20]] = [3, 7]
+    image = sitk.GetImageFromArray(values.reshape(10, 10, 10))
+    limits = CTContentLimits(body_hu_min=body_hu_min, body_hu_max=body_hu_max, min_body_fraction=0.002)
+    if tissue:
+        check_ct_content(image, limits=limits)
+    else:
+        with pytest.raises(NotAPatientCTError, match="no tissue values"):
+            check_ct_content(image, limits=limits)

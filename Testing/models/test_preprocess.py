@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
 from organdetr.config import DetectorConfig, PreprocessConfig
 from organdetr.dataset import network_spacing_mm
-from organdetr.preprocess import preprocess_image
+from organdetr.image_geometry import index_to_physical_matrix
+from organdetr.preprocess import _antialias, _reorient, network_grid_shape, preprocess_image, preprocess_label
 
 
 def _image(size: tuple[int, int, int], spacing: tuple[float, float, float], values: np.ndarray | None = None):
@@ -64,3 +69,71 @@ def test_extra_hu_windows_are_further_channels():
     np.testing.assert_allclose(volume.image[1, 0, 0].numpy(), [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-6)
     with pytest.raises(ValueError, match="2 input channels"):
         DetectorConfig(preprocess=config)
+
+
+def _rotation(axis: int, degrees: float) -> np.ndarray:
+    angle = np.deg2rad(degrees)
+    i, j = [a for a in range(3) if a != axis]
+    matrix = np.eye(3)
+    matrix[[i, i, j, j], [i, j, i, j]] = [np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)]
+    return matrix
+
+
+def _directions() -> list[np.ndarray]:
+    """Every axis permutation with every combination of flips, straight and tilted (oblique)."""
+    tilt = _rotation(0, 20) @ _rotation(2, 35)
+    directions = []
+    for permutation in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            matrix = np.zeros((3, 3))
+            matrix[range(3), permutation] = signs
+            directions += [matrix, tilt @ matrix]
+    return directions
+
+
+def _oriented_image(values: np.ndarray, direction: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing((0.8, 1.3, 2.1))
+    image.SetOrigin((3.0, -4.0, 5.0))
+    image.SetDirection(tuple(direction.ravel()))
+    return image
+
+
+def test_reorientation_moves_no_voxels_and_matches_dicom_orient():
+    """Preprocessing reorients by a view of the voxels; voxels, spacing and index affine are sitk.DICOMOrient's on
+    the full image, for every permutation and flip of the axes, straight or oblique."""
+    values = np.random.default_rng(0).integers(-1000, 1000, size=(5, 6, 7)).astype(np.int16)
+    for direction in _directions():
+        image = _oriented_image(values, direction)
+        view, spacing, index_map = _reorient(image, "LPS")
+        oriented = sitk.DICOMOrient(image, "LPS")
+        np.testing.assert_array_equal(view, sitk.GetArrayViewFromImage(oriented))
+        assert spacing == oriented.GetSpacing()
+        expected = np.linalg.inv(index_to_physical_matrix(oriented)) @ index_to_physical_matrix(image)
+        np.testing.assert_array_equal(index_map, np.round(expected, 6))
+
+
+def test_resampling_in_numpy_order_equals_resampling_in_index_order():
+    """The full-size work runs in the voxels' numpy order (k, j, i); the result is that of clipping, pooling and
+    resizing the reoriented (i, j, k) array, up to float rounding. Labels are exact."""
+    rng = np.random.default_rng(1)
+    values = rng.integers(-1500, 3000, size=(23, 29, 41)).astype(np.int16)
+    labels = rng.integers(0, 5, size=values.shape).astype(np.uint8)
+    config = PreprocessConfig(target_spacing_mm=(2.0, 3.0, 1.5), extra_hu_windows=((-160.0, 240.0),))
+    for direction in _directions()[::7]:
+        image, label = _oriented_image(values, direction), _oriented_image(labels, direction)
+        volume = preprocess_image(image, config)
+        oriented = sitk.DICOMOrient(image, config.orientation)
+        ijk = torch.from_numpy(sitk.GetArrayFromImage(oriented).transpose(2, 1, 0).astype(np.float32))
+        out_shape = network_grid_shape(ijk.shape, oriented.GetSpacing(), config)
+        low, high = config.intensity_min, config.intensity_max
+        pooled = _antialias(ijk.clamp(low, high)[None, None], tuple(ijk.shape), out_shape)
+        resized = F.interpolate(pooled, size=out_shape, mode="trilinear", align_corners=False)[0]
+        expected = torch.cat([(resized.clamp(lo, hi) - lo) / (hi - lo) for lo, hi in [(low, high), (-160.0, 240.0)]])
+        assert volume.image.is_contiguous() and volume.image.shape == expected.shape
+        torch.testing.assert_close(volume.image, expected, rtol=0, atol=1e-5)
+        label_ijk = torch.from_numpy(
+            sitk.GetArrayFromImage(sitk.DICOMOrient(label, config.orientation)).transpose(2, 1, 0).astype(np.float32)
+        )
+        expected_labels = F.interpolate(label_ijk[None, None], size=out_shape, mode="nearest-exact")[0, 0]
+        assert torch.equal(preprocess_label(label, config), expected_labels.round().long())

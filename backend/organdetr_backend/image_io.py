@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import stat
+import struct
+import sys
 import tempfile
 import zipfile
 import zlib
@@ -35,7 +38,22 @@ GZIP_SUFFIX = ".gz"
 _CHUNK_BYTES = 1 << 20
 _MAX_HEADER_BYTES = 1 << 20  # room for a header and extensions in front of the voxels of a compressed file
 _NIFTI_HEADER_BYTES = 348
+_NIFTI1_SINGLE_FILE_MAGIC = b"n+1\0"
+_NIFTI1_MIN_VOX_OFFSET = 352  # header and the 4-byte extension flag
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# NIfTI-1 datatype codes of the scalar types ITK reads as they are stored.
+_NIFTI_DTYPES = {
+    2: np.uint8,
+    4: np.int16,
+    8: np.int32,
+    16: np.float32,
+    64: np.float64,
+    256: np.int8,
+    512: np.uint16,
+    768: np.uint32,
+    1024: np.int64,
+    1280: np.uint64,
+}
 # Integer pixel types that hold CT numbers exactly in int16; everything else is read as float32.
 _INT16_COMPATIBLE = frozenset({sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16})
 # Scalar pixel types a CT can come in, and their size in bytes.
@@ -50,6 +68,19 @@ _PIXEL_BYTES = {
     sitk.sitkUInt64: 8,
     sitk.sitkFloat32: 4,
     sitk.sitkFloat64: 8,
+}
+
+_NUMPY_DTYPES = {
+    sitk.sitkInt8: np.int8,
+    sitk.sitkUInt8: np.uint8,
+    sitk.sitkInt16: np.int16,
+    sitk.sitkUInt16: np.uint16,
+    sitk.sitkInt32: np.int32,
+    sitk.sitkUInt32: np.uint32,
+    sitk.sitkInt64: np.int64,
+    sitk.sitkUInt64: np.uint64,
+    sitk.sitkFloat32: np.float32,
+    sitk.sitkFloat64: np.float64,
 }
 
 
@@ -181,29 +212,79 @@ def _to_ct_pixel_type(name: str, image: sitk.Image) -> sitk.Image:
     return image
 
 
-def _check_nifti_payload(path: Path, data_bytes: int) -> None:
+def _check_nifti_payload(path: Path, data_bytes: int) -> np.ndarray | None:
     """Make sure a NIfTI file holds all its voxels: ITK's NIfTI reader silently zero-fills a short file.
 
-    A compressed file is inflated once to its end (which also verifies its checksum).
+    A compressed file is inflated once to its end (which also verifies its checksum); its inflated bytes are
+    returned, so that the voxels need not be inflated a second time (:func:`_nifti_voxels`). None for a plain file.
     """
     name = path.name
     if not name.lower().endswith(GZIP_SUFFIX):
         if path.stat().st_size < data_bytes + _NIFTI_HEADER_BYTES:
             raise UserInputError(f"{name}: file is shorter than its voxel data, truncated or corrupt")
-        return
+        return None
     # Anything beyond the voxels and a generous header is not the volume the header describes (a gzip bomb).
     limit = data_bytes + _MAX_HEADER_BYTES
+    inflated_bytes = np.empty(limit, dtype=np.uint8)  # not initialised: pages are only touched as data arrives
     inflated = 0
     try:
         with gzip.open(path, "rb") as stream:
             while chunk := stream.read(_CHUNK_BYTES):
-                inflated += len(chunk)
-                if inflated > limit:
+                end = inflated + len(chunk)
+                if end > limit:
                     raise UserInputError(f"{name}: decompresses to more data than its header describes")
+                inflated_bytes[inflated:end] = np.frombuffer(chunk, dtype=np.uint8)
+                inflated = end
     except (EOFError, OSError, zlib.error) as error:
         raise UserInputError(f"{name}: truncated or corrupt compressed data ({error})") from None
     if inflated < data_bytes + _NIFTI_HEADER_BYTES:
         raise UserInputError(f"{name}: holds less data than its voxels need, truncated or corrupt")
+    return inflated_bytes[:inflated]
+
+
+def _nifti_voxels(
+    name: str, inflated: np.ndarray, reader: sitk.ImageFileReader, size: tuple[int, ...]
+) -> np.ndarray | None:
+    """The voxels of an inflated single-file NIfTI-1 (numpy order (k, j, i), a view of ``inflated``) where they are
+    stored just as ITK's reader would return them: little-endian, the pixel type ITK reports, no intensity scaling
+    (``scl_slope`` 0 or 1, ``scl_inter`` 0). None for anything else: ITK then reads the file itself."""
+    if sys.byteorder != "little":
+        return None
+    header = inflated[:_NIFTI_HEADER_BYTES].tobytes()
+    (header_bytes,) = struct.unpack_from("<i", header, 0)
+    dims = struct.unpack_from("<8h", header, 40)
+    (datatype,) = struct.unpack_from("<h", header, 70)
+    vox_offset, slope, intercept = struct.unpack_from("<3f", header, 108)
+    dtype = _NIFTI_DTYPES.get(datatype)
+    rank = dims[0]
+    if (
+        header_bytes != _NIFTI_HEADER_BYTES
+        or header[344:348] != _NIFTI1_SINGLE_FILE_MAGIC
+        or dtype is None
+        or dtype != _NUMPY_DTYPES.get(reader.GetPixelID())
+        or not 1 <= rank <= 7
+        or not _same_extent(dims[1 : rank + 1], reader.GetSize())
+        or slope not in (0.0, 1.0)
+        or intercept != 0.0
+        or not math.isfinite(vox_offset)
+        or vox_offset != int(vox_offset)
+        or not _NIFTI1_MIN_VOX_OFFSET <= vox_offset <= _MAX_HEADER_BYTES
+    ):
+        return None
+    start = int(vox_offset)
+    stop = start + int(np.prod(size)) * np.dtype(dtype).itemsize
+    if stop > inflated.size:
+        raise UserInputError(f"{name}: holds less data than its voxels need, truncated or corrupt")
+    return inflated[start:stop].view(dtype).reshape(tuple(reversed(size)))
+
+
+def _same_extent(header_dims: tuple[int, ...], size: tuple[int, ...]) -> bool:
+    """Whether a NIfTI header's dimensions describe ITK's image size (ITK drops trailing axes of size 1)."""
+    return (
+        len(header_dims) >= len(size)
+        and tuple(header_dims[: len(size)]) == tuple(size)
+        and all(d == 1 for d in header_dims[len(size) :])
+    )
 
 
 def _read_image_file(path: Path, limits: ImageLimits) -> LoadedImage:
@@ -232,16 +313,31 @@ def _read_image_file(path: Path, limits: ImageLimits) -> LoadedImage:
         direction,
         limits,
     )
+    voxels = None
     if _suffix(path) in NIFTI_SUFFIXES:
-        _check_nifti_payload(path, int(np.prod(size)) * _PIXEL_BYTES[reader.GetPixelID()])
-    try:
-        image = reader.Execute()
-    except RuntimeError as error:
-        raise UserInputError(
-            f"{name}: cannot read the voxel data, truncated or corrupt? ({_first_line(error, path.parent)})"
-        ) from None
-    if squeeze:
-        image = sitk.Extract(image, [*image.GetSize()[:3], 0], [0, 0, 0, 0])
+        inflated = _check_nifti_payload(path, int(np.prod(size)) * _PIXEL_BYTES[reader.GetPixelID()])
+        if inflated is not None:
+            voxels = _nifti_voxels(name, inflated, reader, size)
+    if voxels is not None:
+        # The voxels inflated for the payload check, with the geometry ITK read from the header: the file is
+        # decompressed once, not twice.
+        image = sitk.GetImageFromArray(voxels)
+        del voxels, inflated
+        image.SetSpacing(spacing)
+        image.SetOrigin(origin)
+        image.SetDirection(direction)
+        if not squeeze:  # what reader.Execute() carries (sitk.Extract drops it)
+            for key in reader.GetMetaDataKeys():
+                image.SetMetaData(key, reader.GetMetaData(key))
+    else:
+        try:
+            image = reader.Execute()
+        except RuntimeError as error:
+            raise UserInputError(
+                f"{name}: cannot read the voxel data, truncated or corrupt? ({_first_line(error, path.parent)})"
+            ) from None
+        if squeeze:
+            image = sitk.Extract(image, [*image.GetSize()[:3], 0], [0, 0, 0, 0])
     _validate_image(name, image, limits)
     return LoadedImage(image=_to_ct_pixel_type(name, image), source=name)
 
@@ -395,7 +491,7 @@ def image_sha256(image: sitk.Image) -> str:
     digest.update(image.GetPixelIDTypeAsString().encode())
     for values in (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()):
         digest.update(np.asarray(values, dtype=np.float64).tobytes())
-    digest.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).tobytes())
+    digest.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)))  # the buffer itself, no copy
     return digest.hexdigest()
 
 

@@ -53,17 +53,39 @@ def _resize_matrix(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> np.
     return matrix
 
 
-def _reorient(image: sitk.Image, orientation: str) -> tuple[sitk.Image, np.ndarray]:
-    """Reorient by axis permutation and flips; returns the image and the original->reoriented index affine."""
-    oriented = sitk.DICOMOrient(image, orientation)
-    index_map = np.linalg.inv(index_to_physical_matrix(oriented)) @ index_to_physical_matrix(image)
+def _reorient(image: sitk.Image, orientation: str) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+    """Reorient by axis permutation and flips, without moving any voxel: returns a numpy VIEW of the voxels in
+    the reoriented image's numpy order (k, j, i), its spacing (i, j, k) and the original->reoriented index affine.
+
+    ``sitk.DICOMOrient`` decides the permutation and flips from the direction alone, so it is run on a 2x2x2 probe
+    of the same geometry: a flip adds the axis size - 1 to the index, 1 on the probe, scaled to the image's size."""
+    probe = sitk.Image([2, 2, 2], sitk.sitkUInt8)
+    probe.SetSpacing(image.GetSpacing())
+    probe.SetOrigin(image.GetOrigin())
+    probe.SetDirection(image.GetDirection())
+    oriented = sitk.DICOMOrient(probe, orientation)
+    probe_map = np.linalg.inv(index_to_physical_matrix(oriented)) @ index_to_physical_matrix(probe)
     # A permutation with flips and integer offsets: remove floating-point noise from the round trip.
-    return oriented, np.round(index_map, 6)
+    probe_map = np.round(probe_map, 6)
+    linear = probe_map[:3, :3]
+    source = [int(np.argmax(np.abs(row))) for row in linear]  # original ITK axis of each reoriented axis
+    size = np.asarray(image.GetSize(), dtype=np.float64)
+    index_map = probe_map.copy()
+    index_map[:3, 3] = probe_map[:3, 3] * (size[source] - 1.0)
+    # numpy axis q is ITK axis 2 - q, in the reoriented and in the original image.
+    view = sitk.GetArrayViewFromImage(image).transpose([2 - source[2 - q] for q in range(3)])
+    view = view[tuple(slice(None, None, -1) if linear[2 - q, source[2 - q]] < 0 else slice(None) for q in range(3))]
+    return view, oriented.GetSpacing(), index_map
 
 
-def _array_ijk(image: sitk.Image) -> np.ndarray:
-    """Voxel array in ITK index order (i, j, k)."""
-    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+def _float32_copy(view: np.ndarray) -> np.ndarray:
+    """One pass over the full-size voxels: a C-ordered float32 copy (the cast, permutation and flips together)."""
+    return np.array(view, dtype=np.float32, order="C")
+
+
+def _to_ijk(tensor: torch.Tensor) -> torch.Tensor:
+    """``[..., K, J, I]`` (numpy order) -> contiguous ``[..., I, J, K]`` (ITK index order)."""
+    return tensor.transpose(-1, -3).contiguous()
 
 
 def network_grid_shape(in_shape: tuple[int, ...], spacing: tuple[float, ...], config: PreprocessConfig) -> tuple:
@@ -89,25 +111,30 @@ def _antialias(array: torch.Tensor, in_shape: tuple[int, ...], out_shape: tuple[
 def preprocess_image(image: sitk.Image, config: PreprocessConfig) -> PreprocessedVolume:
     """CT image -> network input ``[C, D0, D1, D2]`` in ``[0, 1]`` plus the index affine (channel 0: the main HU
     window; then one channel per ``extra_hu_windows``)."""
-    oriented, reorient_map = _reorient(image, config.orientation)
-    array = torch.from_numpy(np.ascontiguousarray(_array_ijk(oriented), dtype=np.float32))
-    out_shape = network_grid_shape(array.shape, oriented.GetSpacing(), config)
+    view, spacing, reorient_map = _reorient(image, config.orientation)
+    in_shape = view.shape[::-1]  # (i, j, k)
+    out_shape = network_grid_shape(in_shape, spacing, config)
     low, high = config.intensity_min, config.intensity_max
+    # The full-size work runs in the voxels' own numpy order (k, j, i), so that no full-size array is transposed;
+    # only the resampled grid is permuted to (i, j, k). Every step treats the axes independently.
+    array = _float32_copy(view)
     # Clip before smoothing: a metal streak or the -3024 HU outside a reconstruction circle must not bleed.
-    clipped = array.clamp(low, high)[None, None]
+    np.clip(array, low, high, out=array)
+    clipped = torch.from_numpy(array)[None, None]
     if config.target_spacing_mm is not None:
-        clipped = _antialias(clipped, tuple(array.shape), out_shape)
-    resized = F.interpolate(clipped, size=out_shape, mode="trilinear", align_corners=False)[0]
+        clipped = _antialias(clipped, array.shape, out_shape[::-1])
+    resized = _to_ijk(F.interpolate(clipped, size=out_shape[::-1], mode="trilinear", align_corners=False)[0])
     windows = [(low, high), *config.extra_hu_windows]
     scaled = torch.cat([(resized.clamp(lo, hi) - lo) / (hi - lo) for lo, hi in windows])
-    index_map = _resize_matrix(array.shape, out_shape) @ reorient_map
+    index_map = _resize_matrix(in_shape, out_shape) @ reorient_map
     return PreprocessedVolume(image=scaled, index_to_network=index_map)
 
 
 def preprocess_label(label: sitk.Image, config: PreprocessConfig) -> torch.Tensor:
     """Integer label map -> ``[D0, D1, D2]`` long tensor on the network grid (nearest, half-voxel aligned)."""
-    oriented, _ = _reorient(label, config.orientation)
-    array = torch.from_numpy(np.ascontiguousarray(_array_ijk(oriented), dtype=np.float32))
-    out_shape = network_grid_shape(array.shape, oriented.GetSpacing(), config)
-    resized = F.interpolate(array[None, None], size=out_shape, mode="nearest-exact")
-    return resized[0, 0].round().long()
+    view, spacing, _ = _reorient(label, config.orientation)
+    out_shape = network_grid_shape(view.shape[::-1], spacing, config)
+    resized = F.interpolate(
+        torch.from_numpy(_float32_copy(view))[None, None], size=out_shape[::-1], mode="nearest-exact"
+    )
+    return _to_ijk(resized[0, 0].round().long())
