@@ -9,11 +9,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from organdetr.errors import UserInputError
-from organdetr_backend.image_io import ImageLimits, image_info, image_sha256, read_image
+from organdetr_backend.image_io import ImageLimits, _parse_nifti_header, image_info, image_sha256, read_image
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -411,3 +412,100 @@ def test_voxels_short_behind_a_large_header_are_refused(ct, tmp_path):
     short = tmp_path / "short.nii.gz"
     short.write_bytes(gzip.compress(bytes(data[:-1000])))
     expect_error(short, "truncated or corrupt")
+
+
+def _scaled_nifti(path: Path, slope: float, inter: float, byte_order: str = "<") -> Path:
+    """An int16 NIfTI-1 written by nibabel with intensity scaling in its header (scl_slope, scl_inter), as integer
+    CTs are often stored, with an oblique voxel-to-world affine."""
+    stored = np.random.default_rng(7).integers(0, 4096, (23, 19, 11)).astype(np.int16)
+    angle = np.deg2rad(20)
+    tilt = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    affine = np.eye(4)
+    affine[:3, :3] = tilt @ np.diag([-0.8, 0.7, 2.5])
+    affine[:3, 3] = [-120.5, 30.25, -400.0]
+    header = nib.Nifti1Header(endianness=byte_order)
+    header.set_data_dtype(np.int16)
+    image = nib.Nifti1Image(stored.astype(np.dtype(np.int16).newbyteorder(byte_order)), affine, header=header)
+    image.header.set_slope_inter(slope, inter)
+    nib.save(image, str(path))
+    written = nib.load(str(path))  # the file really stores int16 with this scaling
+    assert written.get_data_dtype() == np.dtype(np.int16).newbyteorder(byte_order)
+    assert (written.dataobj.slope, written.dataobj.inter) == (np.float32(slope), np.float32(inter))
+    return path
+
+
+@pytest.mark.parametrize(("slope", "inter", "exact"), [(1.0, -1024.0, True), (0.5, 0.0, True), (0.1, -1024.3, False)])
+@pytest.mark.parametrize(
+    ("suffix", "byte_order", "fast"), [(".nii.gz", "<", True), (".nii", "<", False), (".nii.gz", ">", False)]
+)
+def test_scaled_nifti_is_read_with_its_scaling(tmp_path, monkeypatch, slope, inter, exact, suffix, byte_order, fast):
+    """An integer NIfTI with scl_slope/scl_inter holds 2 bytes a voxel although ITK reports float32: it is read, with
+    value = stored * slope + inter, bit-equal to ITK's own read (and so to nibabel's float64 values rounded to
+    float32, equal to them where those are exact), with ITK's geometry. A little-endian .nii.gz is inflated once
+    (ITK's reader.Execute() is not called); the rest is read by ITK."""
+    path = _scaled_nifti(tmp_path / f"scaled{suffix}", slope, inter, byte_order)
+    expected = np.asarray(nib.load(str(path)).dataobj)
+    itk = sitk.ReadImage(str(path))
+    executed = []
+    execute = sitk.ImageFileReader.Execute
+    monkeypatch.setattr(sitk.ImageFileReader, "Execute", lambda reader: executed.append(1) or execute(reader))
+    loaded = read_image(path).image
+    monkeypatch.undo()
+    assert bool(executed) != fast
+    assert loaded.GetPixelID() == itk.GetPixelID() == sitk.sitkFloat32
+    assert loaded.GetSize() == itk.GetSize() == expected.shape
+    assert loaded.GetSpacing() == itk.GetSpacing() and loaded.GetOrigin() == itk.GetOrigin()
+    assert loaded.GetDirection() == itk.GetDirection()
+    voxels = sitk.GetArrayFromImage(loaded).transpose(2, 1, 0)  # numpy (k, j, i) to nibabel's (i, j, k)
+    np.testing.assert_array_equal(voxels, sitk.GetArrayFromImage(itk).transpose(2, 1, 0))
+    np.testing.assert_array_equal(voxels, expected.astype(np.float32))
+    if exact:
+        np.testing.assert_array_equal(voxels.astype(np.float64), expected)
+    assert image_sha256(loaded) == image_sha256(itk)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "byte_order", "cut", "fragment"),
+    [
+        (".nii.gz", "<", "gzip stream", "truncated or corrupt compressed data"),
+        (".nii.gz", "<", "one voxel", "holds less data than its voxels need, truncated or corrupt"),
+        (".nii.gz", ">", "one voxel", "holds less data than its voxels need, truncated or corrupt"),
+        (".nii.gz", "<", "half the voxels", "holds less data than its voxels need, truncated or corrupt"),
+        (".nii", "<", "one voxel", "file is shorter than its voxel data, truncated or corrupt"),
+    ],
+)
+def test_truncated_scaled_nifti_is_refused(tmp_path, suffix, byte_order, cut, fragment):
+    """The payload check counts the 2 bytes an int16 voxel is stored in, not the 4 of the float32 ITK reports for
+    a scaled file: a scaled file that ends early, even by a single voxel, is refused with one line."""
+    full = _scaled_nifti(tmp_path / f"full{suffix}", 1.0, -1024.0, byte_order).read_bytes()
+    voxels = gzip.decompress(full) if suffix == ".nii.gz" else full
+    if cut == "gzip stream":
+        short = full[: len(full) // 2]
+    else:
+        end = len(voxels) - 2 if cut == "one voxel" else 352 + (len(voxels) - 352) // 2
+        short = gzip.compress(voxels[:end]) if suffix == ".nii.gz" else voxels[:end]
+    path = tmp_path / f"cut{suffix}"
+    path.write_bytes(short)
+    expect_error(path, fragment)
+
+
+@pytest.mark.parametrize("image_class", [nib.Nifti1Image, nib.Nifti2Image])
+@pytest.mark.parametrize("byte_order", ["<", ">"])
+def test_nifti_header_gives_the_stored_voxel_size(tmp_path, image_class, byte_order):
+    """The payload check sizes the voxel data from the header's datatype, in NIfTI-1 and NIfTI-2 (which this
+    SimpleITK does not read: such a file is refused as not a readable image before the check) and either byte
+    order, and finds the voxels at vox_offset."""
+    header = image_class.header_class(endianness=byte_order)
+    header.set_data_dtype(np.int16)
+    image = image_class(np.zeros((23, 19, 11), dtype=np.dtype(np.int16).newbyteorder(byte_order)), None, header)
+    image.header.set_slope_inter(0.5, -1024.0)
+    path = tmp_path / "scaled.nii"
+    nib.save(image, str(path))
+    parsed = _parse_nifti_header(path.read_bytes()[:540])
+    assert parsed is not None
+    assert parsed.version == (1 if image_class is nib.Nifti1Image else 2)
+    assert parsed.little_endian == (byte_order == "<")
+    assert parsed.single_file and parsed.voxel_bytes == 2
+    assert parsed.data_start == nib.load(str(path)).dataobj.offset == (352 if parsed.version == 1 else 544)
+    assert parsed.dims[:4] == (3, 23, 19, 11)
+    assert (parsed.slope, parsed.intercept) == (0.5, -1024.0)
