@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from organdetr.errors import UserInputError
-from organdetr.inference import run_detector, select_device
+from organdetr.inference import run_detector, segmentation_supported_presence, select_device
 from organdetr.organ_detr import build_model
 
 
@@ -45,3 +45,27 @@ def test_select_device() -> None:
             select_device("cuda")
     with pytest.raises(UserInputError, match="unknown device"):
         select_device("tpu")
+
+
+def test_segmentation_supported_presence_by_hand() -> None:
+    labels = torch.zeros(4, 5, 6, dtype=torch.long)
+    labels.view(-1)[:10] = 1  # organ 1: 10 voxels, half of what vouches fully
+    labels.view(-1)[10:40] = 3  # organ 3: 30 voxels; organ 2: none
+    assert segmentation_supported_presence([0.8, 0.9, 0.7], labels, min_voxels=20) == pytest.approx([0.4, 0.0, 0.7])
+
+
+def test_segmentation_branch_vouches_for_presence(tiny_config, head_neck_volume) -> None:
+    """With ``min_segmented_voxels`` each organ's presence is the head's, scaled by its share of the segmentation."""
+    volume, _ = head_neck_volume
+    tiny_config.model.segmentation_branch.enabled = True
+    tiny_config.model.presence_head = True
+    torch.manual_seed(0)
+    model = build_model(tiny_config.model)
+    head_alone = run_detector(model, volume, torch.device("cpu"), tiny_config, segmentation=True)
+    counts = torch.bincount(head_alone.segmentation.flatten(), minlength=tiny_config.model.num_classes + 1)[1:]
+    min_voxels = int(counts.max()) + 1  # no organ fully vouched for
+    tiny_config.presence.min_segmented_voxels = min_voxels
+    vouched = run_detector(model, volume, torch.device("cpu"), tiny_config)
+    expected = [p * int(n) / min_voxels for p, n in zip(head_alone.presence, counts, strict=True)]
+    assert vouched.presence == pytest.approx(expected)
+    assert vouched.presence != pytest.approx(head_alone.presence)

@@ -165,9 +165,14 @@ class PreprocessConfig:
 
 @dataclass
 class PresenceConfig:
-    """When an organ counts as present in a scan (per-organ probability = best query's class probability)."""
+    """When an organ counts as present in a scan: its presence probability (the presence head's, else the best
+    query's class probability; the highest over windows) is at or above ``threshold``."""
 
     threshold: float = 0.5
+    # With a segmentation branch, the organ's voxels in the segmentation vouch for it too: the probability is
+    # scaled by min(1, segmented voxels / this), so an organ the voxels do not show is absent whatever the image-level
+    # head says (that head pattern-completes: parotids below the mandible). 0 = the head alone.
+    min_segmented_voxels: int = 0
 
 
 @dataclass

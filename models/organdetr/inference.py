@@ -90,6 +90,12 @@ def _window_probabilities(outputs: dict, window: Window) -> torch.Tensor:
     return probabilities[0].cpu()
 
 
+def segmentation_supported_presence(presence: list[float], labels: torch.Tensor, min_voxels: int) -> list[float]:
+    """Each organ's presence probability scaled by ``min(1, its voxels in labels / min_voxels)``."""
+    counts = torch.bincount(labels.flatten(), minlength=len(presence) + 1)[1:].tolist()
+    return [p * min(1.0, count / min_voxels) for p, count in zip(presence, counts, strict=True)]
+
+
 def run_detector(
     model: nn.Module,
     volume: PreprocessedVolume,
@@ -102,14 +108,16 @@ def run_detector(
 
     The network sees windows of ``config.preprocess.spatial_size``. Each organ's detection comes from the window
     that supports it best: the highest score, with a penalty for a box that a window border inside the volume cuts
-    off. A network with a segmentation branch always segments, and its components refine the boxes
-    (``config.refinement``). The model is run in eval mode and its previous train/eval mode is restored afterwards,
-    so validation during training can use this same path.
+    off. A network with a segmentation branch always segments: its components refine the boxes
+    (``config.refinement``) and its voxels vouch for each organ's presence (``config.presence``). The model is run
+    in eval mode and its previous train/eval mode is restored afterwards, so validation during training can use this
+    same path.
     """
     shape = volume.network_shape
     windows = plan_windows(shape, config.preprocess.spatial_size, config.preprocess.window_overlap)
-    refine = config.refinement.enabled and config.model.segmentation_branch.enabled
-    want_segmentation = segmentation or refine
+    has_branch = config.model.segmentation_branch.enabled
+    refine = config.refinement.enabled and has_branch
+    want_segmentation = segmentation or refine or (has_branch and config.presence.min_segmented_voxels > 0)
     was_training = model.training
     model.eval()
     per_window: list[list[tuple[float, DecodedOrgan]]] = []  # per window, per class: (rank, organ)
@@ -132,6 +140,8 @@ def run_detector(
     presence = [max(organ.presence for _, organ in views) for views in per_class]
     query_boxes = [organ.box for organ in organs]
     labels = seg_total.argmax(dim=0) if seg_total is not None else None
+    if has_branch and labels is not None and config.presence.min_segmented_voxels > 0:
+        presence = segmentation_supported_presence(presence, labels, config.presence.min_segmented_voxels)
     if refine and labels is not None:
         organs = refine_boxes(organs, labels, config.refinement)
     return InferenceOutput(
