@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from organdetr.errors import UserInputError
-from organdetr_backend.image_io import ImageLimits, _parse_nifti_header, image_info, image_sha256, read_image
+from organdetr_backend.image_io import ImageLimits, image_info, image_sha256, read_image
+from organdetr_backend.nifti_file import checked_voxels
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -491,21 +492,29 @@ def test_truncated_scaled_nifti_is_refused(tmp_path, suffix, byte_order, cut, fr
 
 @pytest.mark.parametrize("image_class", [nib.Nifti1Image, nib.Nifti2Image])
 @pytest.mark.parametrize("byte_order", ["<", ">"])
-def test_nifti_header_gives_the_stored_voxel_size(tmp_path, image_class, byte_order):
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_payload_is_sized_from_the_stored_datatype(tmp_path, image_class, byte_order, suffix):
     """The payload check sizes the voxel data from the header's datatype, in NIfTI-1 and NIfTI-2 (which this
-    SimpleITK does not read: such a file is refused as not a readable image before the check) and either byte
-    order, and finds the voxels at vox_offset."""
+    SimpleITK does not read: read_image refuses such a file as not a readable image before the check, so the check
+    is called here directly) and either byte order, and finds the voxels at vox_offset: a scaled int16 file, which
+    ITK reports as float32, is whole with 2 bytes a voxel from vox_offset on and refused one voxel short. Only a
+    little-endian NIfTI-1 .nii.gz gives its voxels (scaled as ITK does); the rest is left to ITK."""
+    shape = (23, 19, 11)
+    stored = np.arange(np.prod(shape), dtype=np.int16).reshape(shape) % 4096
     header = image_class.header_class(endianness=byte_order)
     header.set_data_dtype(np.int16)
-    image = image_class(np.zeros((23, 19, 11), dtype=np.dtype(np.int16).newbyteorder(byte_order)), None, header)
+    image = image_class(stored.astype(np.dtype(np.int16).newbyteorder(byte_order)), None, header)
     image.header.set_slope_inter(0.5, -1024.0)
-    path = tmp_path / "scaled.nii"
+    path = tmp_path / f"scaled{suffix}"
     nib.save(image, str(path))
-    parsed = _parse_nifti_header(path.read_bytes()[:540])
-    assert parsed is not None
-    assert parsed.version == (1 if image_class is nib.Nifti1Image else 2)
-    assert parsed.little_endian == (byte_order == "<")
-    assert parsed.single_file and parsed.voxel_bytes == 2
-    assert parsed.data_start == nib.load(str(path)).dataobj.offset == (352 if parsed.version == 1 else 544)
-    assert parsed.dims[:4] == (3, 23, 19, 11)
-    assert (parsed.slope, parsed.intercept) == (0.5, -1024.0)
+    assert nib.load(str(path)).dataobj.offset == (352 if image_class is nib.Nifti1Image else 544)
+    voxels = checked_voxels(path, shape, np.dtype(np.float32))
+    if image_class is nib.Nifti1Image and byte_order == "<" and suffix == ".nii.gz":
+        np.testing.assert_array_equal(voxels.transpose(2, 1, 0), (stored * 0.5 - 1024).astype(np.float32))
+    else:
+        assert voxels is None
+    data = gzip.decompress(path.read_bytes()) if suffix == ".nii.gz" else path.read_bytes()
+    short = tmp_path / f"short{suffix}"
+    short.write_bytes(gzip.compress(data[:-2]) if suffix == ".nii.gz" else data[:-2])
+    with pytest.raises(UserInputError, match="truncated or corrupt"):
+        checked_voxels(short, shape, np.dtype(np.float32))

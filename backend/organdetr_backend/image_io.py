@@ -9,16 +9,11 @@ SimpleITK reads it: physical coordinates are LPS millimetres.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import math
 import os
 import stat
-import struct
-import sys
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,54 +23,16 @@ import numpy as np
 import SimpleITK as sitk
 from organdetr.errors import UserInputError
 
+from .nifti_file import NIFTI_SUFFIXES, checked_voxels
 from .schema import ImageInfo
 
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".nrrd", ".nhdr", ".mha", ".mhd")
 ZIP_SUFFIX = ".zip"
 MODALITY_TAG = "0008|0060"
 CT_MODALITY = "CT"
-GZIP_SUFFIX = ".gz"
-_CHUNK_BYTES = 1 << 20
-_MAX_HEADER_BYTES = 1 << 20  # room for a header and extensions in front of the voxels of a compressed file
-_NIFTI_HEADER_BYTES = 348  # NIfTI-1 (and Analyze 7.5)
-_NIFTI2_HEADER_BYTES = 540
-_NIFTI1_SINGLE_FILE_MAGIC = b"n+1\0"
-_NIFTI2_SINGLE_FILE_MAGIC = b"n+2\0\r\n\x1a\n"
-_NIFTI1_MIN_VOX_OFFSET = 352  # header and the 4-byte extension flag
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-# NIfTI datatype codes (NIfTI-1 and NIfTI-2 share them) of the scalar types ITK reads as they are stored.
-_NIFTI_DTYPES = {
-    2: np.uint8,
-    4: np.int16,
-    8: np.int32,
-    16: np.float32,
-    64: np.float64,
-    256: np.int8,
-    512: np.uint16,
-    768: np.uint32,
-    1024: np.int64,
-    1280: np.uint64,
-}
-# Stored types whose scaled voxels (scl_slope, scl_inter) the fast path computes exactly as ITK does: every value is
-# exact in float32 and its product with a float32 slope (16 + 24 significant bits) exact in double.
-_EXACTLY_SCALED_DTYPES = frozenset({np.int8, np.uint8, np.int16, np.uint16})
-_SCALE_BLOCK = 1 << 20  # voxels scaled at a time (a float64 scratch block of 8 MiB)
 # Integer pixel types that hold CT numbers exactly in int16; everything else is read as float32.
 _INT16_COMPATIBLE = frozenset({sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16})
-# Scalar pixel types a CT can come in, and their size in bytes.
-_PIXEL_BYTES = {
-    sitk.sitkInt8: 1,
-    sitk.sitkUInt8: 1,
-    sitk.sitkInt16: 2,
-    sitk.sitkUInt16: 2,
-    sitk.sitkInt32: 4,
-    sitk.sitkUInt32: 4,
-    sitk.sitkInt64: 8,
-    sitk.sitkUInt64: 8,
-    sitk.sitkFloat32: 4,
-    sitk.sitkFloat64: 8,
-}
-
+# Scalar pixel types a CT can come in, as numpy types.
 _NUMPY_DTYPES = {
     sitk.sitkInt8: np.int8,
     sitk.sitkUInt8: np.uint8,
@@ -159,7 +116,7 @@ def _validate_geometry(
     """Refuse implausible geometry (from a header or an image) with a one-line message."""
     if components != 1:
         raise UserInputError(f"{name}: has {components} components per voxel; a CT volume has one scalar value")
-    if pixel_id not in _PIXEL_BYTES:
+    if pixel_id not in _NUMPY_DTYPES:
         raise UserInputError(f"{name}: unsupported pixel type {sitk.GetPixelIDValueAsString(pixel_id)}")
     if dimension != 3:
         raise UserInputError(f"{name}: is a {dimension}D image of size {list(size)}; a 3D CT volume is needed")
@@ -218,212 +175,6 @@ def _to_ct_pixel_type(name: str, image: sitk.Image) -> sitk.Image:
     return image
 
 
-@dataclass(frozen=True)
-class _NiftiHeader:
-    """The fields of a NIfTI-1 or NIfTI-2 header that say how and where the voxels are stored."""
-
-    version: int  # 1 or 2
-    little_endian: bool
-    single_file: bool  # magic n+1 / n+2: the voxels follow the header in the same file
-    dims: tuple[int, ...]  # dim[0] (the rank), dim[1..7]
-    datatype: int
-    bitpix: int
-    vox_offset: float
-    slope: float  # scl_slope
-    intercept: float  # scl_inter
-
-    @property
-    def voxel_bytes(self) -> int | None:
-        """Bytes per STORED voxel, from the datatype (as nifticlib sizes it) or else bitpix. ITK reports a scaled
-        integer file as float32, so its pixel type does not say how much data the file holds."""
-        dtype = _NIFTI_DTYPES.get(self.datatype)
-        if dtype is not None:
-            return np.dtype(dtype).itemsize
-        if self.bitpix > 0 and self.bitpix % 8 == 0:
-            return self.bitpix // 8
-        return None
-
-    @property
-    def data_start(self) -> int:
-        """Where the voxels start in a single file: vox_offset, never inside the header."""
-        header_bytes = _NIFTI_HEADER_BYTES if self.version == 1 else _NIFTI2_HEADER_BYTES
-        if self.single_file and math.isfinite(self.vox_offset) and self.vox_offset > header_bytes:
-            return int(self.vox_offset)
-        return header_bytes
-
-
-def _parse_nifti_header(head: bytes) -> _NiftiHeader | None:
-    """The header at the start of ``head`` (either byte order), or None if it is neither NIfTI-1 nor NIfTI-2."""
-    if len(head) < _NIFTI_HEADER_BYTES:
-        return None
-    for order in "<>":
-        (header_bytes,) = struct.unpack_from(order + "i", head, 0)
-        if header_bytes == _NIFTI_HEADER_BYTES:
-            vox_offset, slope, intercept = struct.unpack_from(order + "3f", head, 108)
-            return _NiftiHeader(
-                version=1,
-                little_endian=order == "<",
-                single_file=head[344:348] == _NIFTI1_SINGLE_FILE_MAGIC,
-                dims=struct.unpack_from(order + "8h", head, 40),
-                datatype=struct.unpack_from(order + "h", head, 70)[0],
-                bitpix=struct.unpack_from(order + "h", head, 72)[0],
-                vox_offset=vox_offset,
-                slope=slope,
-                intercept=intercept,
-            )
-        if header_bytes == _NIFTI2_HEADER_BYTES and len(head) >= _NIFTI2_HEADER_BYTES:
-            slope, intercept = struct.unpack_from(order + "2d", head, 176)
-            return _NiftiHeader(
-                version=2,
-                little_endian=order == "<",
-                single_file=head[4:12] == _NIFTI2_SINGLE_FILE_MAGIC,
-                dims=struct.unpack_from(order + "8q", head, 16),
-                datatype=struct.unpack_from(order + "h", head, 12)[0],
-                bitpix=struct.unpack_from(order + "h", head, 14)[0],
-                vox_offset=float(struct.unpack_from(order + "q", head, 168)[0]),
-                slope=slope,
-                intercept=intercept,
-            )
-    return None
-
-
-def _check_nifti_payload(
-    path: Path, voxels: int, itk_pixel_bytes: int
-) -> tuple[np.ndarray | None, _NiftiHeader | None]:
-    """Make sure a NIfTI file holds all its voxels: ITK's NIfTI reader silently zero-fills a short file.
-
-    The voxels need what the header's datatype stores (``itk_pixel_bytes`` only where the header cannot be parsed),
-    from vox_offset on. A compressed file is inflated once to its end (which also verifies its checksum); its
-    inflated bytes are returned, so that the voxels need not be inflated a second time (:func:`_nifti_voxels`),
-    with its parsed header. None for the bytes of a plain file.
-    """
-    name = path.name
-    if not name.lower().endswith(GZIP_SUFFIX):
-        with open(path, "rb") as stream:
-            header = _parse_nifti_header(stream.read(_NIFTI2_HEADER_BYTES))
-        if path.stat().st_size < _nifti_data_end(header, voxels, itk_pixel_bytes):
-            raise UserInputError(f"{name}: file is shorter than its voxel data, truncated or corrupt")
-        return None, header
-    try:
-        with gzip.open(path, "rb") as stream:
-            head = stream.read(_NIFTI2_HEADER_BYTES)
-            header = _parse_nifti_header(head)
-            data_end = _nifti_data_end(header, voxels, itk_pixel_bytes)
-            # Anything beyond the voxels and a generous header is not the volume the header describes (a gzip bomb).
-            limit = data_end - _data_start(header) + _MAX_HEADER_BYTES
-            inflated_bytes = np.empty(limit, dtype=np.uint8)  # not initialised: pages are only touched as data arrives
-            inflated_bytes[: len(head)] = np.frombuffer(head, dtype=np.uint8)
-            inflated = len(head)
-            while chunk := stream.read(_CHUNK_BYTES):
-                end = inflated + len(chunk)
-                if end > limit:
-                    raise UserInputError(f"{name}: decompresses to more data than its header describes")
-                inflated_bytes[inflated:end] = np.frombuffer(chunk, dtype=np.uint8)
-                inflated = end
-    except (EOFError, OSError, zlib.error) as error:
-        raise UserInputError(f"{name}: truncated or corrupt compressed data ({error})") from None
-    if inflated < data_end:
-        raise UserInputError(f"{name}: holds less data than its voxels need, truncated or corrupt")
-    return inflated_bytes[:inflated], header
-
-
-def _data_start(header: _NiftiHeader | None) -> int:
-    return _NIFTI_HEADER_BYTES if header is None else header.data_start
-
-
-def _nifti_data_end(header: _NiftiHeader | None, voxels: int, itk_pixel_bytes: int) -> int:
-    """The least file (or inflated) size that holds ``voxels`` stored voxels after the header."""
-    voxel_bytes = None if header is None else header.voxel_bytes
-    return _data_start(header) + voxels * (itk_pixel_bytes if voxel_bytes is None else voxel_bytes)
-
-
-def _itk_rescales(slope: float, intercept: float) -> bool | None:
-    """Whether ITK's NIfTI reader applies ``stored * slope + intercept``: False for no scaling (slope 0 or 1,
-    intercept 0), True for a finite slope clearly not 0 or 1 or a finite intercept clearly not 0, None in between
-    (a slope of 0 with an intercept, a non-finite or vanishing field), which is left to ITK."""
-    epsilon = sys.float_info.epsilon
-    if slope in (0.0, 1.0) and intercept == 0.0:
-        return False
-    if (
-        math.isfinite(slope)
-        and math.isfinite(intercept)
-        and abs(slope) > epsilon
-        and (abs(slope - 1.0) > epsilon or abs(intercept) > epsilon)
-    ):
-        return True
-    return None
-
-
-def _scaled(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
-    """``stored * slope + intercept`` as ITK's NIfTI reader computes it: in double precision, rounded to float32.
-
-    Bit-exact for the :data:`_EXACTLY_SCALED_DTYPES` and a NIfTI-1 (float32) slope: the product is exact in double,
-    so the sum is the one rounding however ITK's loop was compiled (fused multiply-add or not). In blocks, so that
-    no float64 copy of the volume is made.
-    """
-    out = np.empty(stored.shape, dtype=np.float32)
-    scratch = np.empty(min(stored.size, _SCALE_BLOCK), dtype=np.float64)
-    with np.errstate(over="ignore"):  # beyond float32's range is inf, as in ITK (and then refused as infinite)
-        for begin in range(0, stored.size, _SCALE_BLOCK):
-            block = stored[begin : begin + _SCALE_BLOCK]
-            product = scratch[: block.size]
-            np.multiply(block, np.float64(slope), out=product)
-            product += intercept
-            out[begin : begin + block.size] = product
-    return out
-
-
-def _nifti_voxels(
-    name: str, inflated: np.ndarray, header: _NiftiHeader | None, reader: sitk.ImageFileReader, size: tuple[int, ...]
-) -> np.ndarray | None:
-    """The voxels of an inflated single-file NIfTI-1 (numpy order (k, j, i)) where they are stored just as ITK's
-    reader would return them: little-endian, the pixel type ITK reports, no intensity scaling (``scl_slope`` 0 or
-    1, ``scl_inter`` 0); a view of ``inflated``. Also where ITK would scale them and the fast path does so exactly
-    (:func:`_scaled`): 8 or 16-bit integers that ITK reports as float32; a new float32 array. None for anything
-    else: ITK then reads the file itself."""
-    if sys.byteorder != "little" or header is None:
-        return None
-    dtype = _NIFTI_DTYPES.get(header.datatype)
-    rank = header.dims[0]
-    vox_offset = header.vox_offset
-    if (
-        header.version != 1
-        or not header.little_endian
-        or not header.single_file
-        or dtype is None
-        or not 1 <= rank <= 7
-        or not _same_extent(header.dims[1 : rank + 1], reader.GetSize())
-        or not math.isfinite(vox_offset)
-        or vox_offset != int(vox_offset)
-        or not _NIFTI1_MIN_VOX_OFFSET <= vox_offset <= _MAX_HEADER_BYTES
-    ):
-        return None
-    rescales = _itk_rescales(header.slope, header.intercept)
-    if rescales is None:
-        return None
-    if rescales:
-        if dtype not in _EXACTLY_SCALED_DTYPES or reader.GetPixelID() != sitk.sitkFloat32:
-            return None
-    elif dtype != _NUMPY_DTYPES.get(reader.GetPixelID()):
-        return None
-    start = int(vox_offset)
-    stop = start + int(np.prod(size)) * np.dtype(dtype).itemsize
-    if stop > inflated.size:
-        raise UserInputError(f"{name}: holds less data than its voxels need, truncated or corrupt")
-    stored = inflated[start:stop].view(dtype)
-    voxels = _scaled(stored, header.slope, header.intercept) if rescales else stored
-    return voxels.reshape(tuple(reversed(size)))
-
-
-def _same_extent(header_dims: tuple[int, ...], size: tuple[int, ...]) -> bool:
-    """Whether a NIfTI header's dimensions describe ITK's image size (ITK drops trailing axes of size 1)."""
-    return (
-        len(header_dims) >= len(size)
-        and tuple(header_dims[: len(size)]) == tuple(size)
-        and all(d == 1 for d in header_dims[len(size) :])
-    )
-
-
 def _read_image_file(path: Path, limits: ImageLimits) -> LoadedImage:
     name = path.name
     reader = sitk.ImageFileReader()
@@ -452,14 +203,12 @@ def _read_image_file(path: Path, limits: ImageLimits) -> LoadedImage:
     )
     voxels = None
     if _suffix(path) in NIFTI_SUFFIXES:
-        inflated, header = _check_nifti_payload(path, int(np.prod(size)), _PIXEL_BYTES[reader.GetPixelID()])
-        if inflated is not None:
-            voxels = _nifti_voxels(name, inflated, header, reader, size)
+        voxels = checked_voxels(path, size, np.dtype(_NUMPY_DTYPES[reader.GetPixelID()]))
     if voxels is not None:
         # The voxels inflated for the payload check, with the geometry ITK read from the header: the file is
         # decompressed once, not twice.
         image = sitk.GetImageFromArray(voxels)
-        del voxels, inflated
+        del voxels  # and the inflated file it may view: the image holds a copy
         image.SetSpacing(spacing)
         image.SetOrigin(origin)
         image.SetDirection(direction)
