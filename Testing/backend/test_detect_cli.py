@@ -190,6 +190,22 @@ def test_console_script_reports_bad_input_in_one_line(tiny_checkpoint, tmp_path)
     assert len(lines) == 1 and "broken.nii.gz" in lines[0] and "Traceback" not in completed.stderr
 
 
+def test_detect_process_leaves_monai_matplotlib_and_other_commands_unimported(small_abdomen_ct, tmp_path) -> None:
+    """detect with the shipped model, in its own process: MONAI (seconds to import), matplotlib (only for --overlay)
+    and the other commands' modules stay unimported."""
+    unwanted = ("monai", "matplotlib", "organdetr.train", "organdetr.evaluate", "organdetr_backend.serve_command")
+    code = (
+        "import sys; from organdetr_backend.cli import main; status = main(sys.argv[1:]); "
+        f"print(sorted(set({unwanted!r}) & set(sys.modules))); sys.exit(status)"
+    )
+    arguments = ["detect", str(small_abdomen_ct), "-o", str(tmp_path / "r.json"), "--device", "cpu"]
+    completed = subprocess.run(
+        [sys.executable, "-c", code, *arguments], capture_output=True, encoding="utf-8", timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
+
+
 def test_console_script_in_a_c_locale_keeps_non_ascii_labels(non_ascii_checkpoint, small_abdomen_ct, tmp_path) -> None:
     """Under an ASCII locale the files and stdout are still UTF-8: a non-ASCII organ name survives every output."""
     json_path, csv_path = tmp_path / "r.json", tmp_path / "r.csv"

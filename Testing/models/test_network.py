@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from organdetr.backbone import conv_norm_act
 from organdetr.config import (
     BackboneConfig,
     DecoderConfig,
@@ -130,6 +131,32 @@ def test_resnet_backbone_shapes():
     with torch.no_grad():
         outputs = model(torch.randn(1, 1, 64, 64, 32), return_segmentation=True)
     _check_outputs(outputs, config, 1, [(16, 16, 8), (8, 8, 4), (4, 4, 2)])
+
+
+@pytest.mark.parametrize(
+    ("norm", "monai_norm"),
+    [("instance", ("instance", {"affine": True})), ("group", ("group", {"num_groups": 8})), ("batch", ("batch", {}))],
+)
+def test_conv_norm_act_is_monais_convolution_block(norm, monai_norm):
+    """The fpn backbone's units, built without MONAI, have the layers, names and outputs of the MONAI block they
+    replace, so checkpoints saved with it load and compute as before."""
+    from monai.networks.blocks import Convolution
+
+    torch.manual_seed(0)
+    ours = conv_norm_act(8, 16, 2, BackboneConfig(norm=norm))
+    theirs = Convolution(
+        3, 8, 16, strides=2, kernel_size=3, norm=monai_norm, act=("leakyrelu", {"negative_slope": 0.01})
+    )
+
+    def layers(block: torch.nn.Module) -> list[tuple[str, str]]:  # the containers differ: Sequential, ADN
+        return [(name, repr(module)) for name, module in block.named_modules() if not list(module.children())]
+
+    assert layers(ours) == layers(theirs)
+    ours.load_state_dict(theirs.state_dict())
+    images = torch.randn(2, 8, 12, 10, 8)
+    for mode in (True, False):
+        assert torch.equal(ours.train(mode)(images), theirs.train(mode)(images))
+    assert all(torch.equal(ours.state_dict()[name], tensor) for name, tensor in theirs.state_dict().items())
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 48, 64, 64), (1, 1, 64, 64, 40), (1, 64, 64, 64)])

@@ -239,7 +239,6 @@ def _process(task: Task, predictor, args: argparse.Namespace, write_result: Call
 
     from .image_io import read_image
     from .output_file import atomic_output
-    from .overlay import render_overlay
 
     start = time.perf_counter()
     loaded = read_image(task.input, args.series_uid)
@@ -262,6 +261,8 @@ def _process(task: Task, predictor, args: argparse.Namespace, write_result: Call
         with atomic_output(task.seg_preview, args.overwrite) as temp:
             sitk.WriteImage(prediction.segmentation, str(temp), useCompression=True)
     if task.overlay is not None:
+        from .overlay import render_overlay  # matplotlib and scipy take a second to import: only when asked for
+
         render_overlay(loaded.image, prediction.result, task.overlay, overwrite=args.overwrite)
     return prediction.result
 

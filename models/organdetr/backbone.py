@@ -5,14 +5,16 @@ conv-norm-act (so its stride is ``2 ** (s + 1)``) followed by more 3x3x3 conv-no
 pyramid: 1x1x1 lateral convs, nearest top-down upsampling and addition, and a 3x3x3 output conv on every requested
 level. ``kind="resnet"``: MONAI's ``ResNetFeatures`` with MONAI's ``FeaturePyramidNetwork`` on top. Both return
 the maps of :attr:`BackboneConfig.out_stages` with :attr:`BackboneConfig.fpn_channels` channels each.
+
+The ``fpn`` kind does without MONAI: ``import monai`` loads every MONAI submodule (scipy, matplotlib...), seconds
+that ``organdetr detect`` would otherwise spend before its first voxel.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution
-from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork
-from monai.networks.nets.resnet import ResNetFeatures, get_inplanes
 from torch import Tensor, nn
 
 from .config import BackboneConfig
@@ -25,12 +27,21 @@ GROUP_NORM_GROUPS = 8
 RESNET_STAGES = 5
 
 
-def _norm(config: BackboneConfig) -> tuple:
+def _norm(config: BackboneConfig, channels: int) -> nn.Module:
     if config.norm == "instance":
-        return ("instance", {"affine": True})
+        return nn.InstanceNorm3d(channels, affine=True)
     if config.norm == "group":
-        return ("group", {"num_groups": GROUP_NORM_GROUPS})
-    return ("batch", {})
+        return nn.GroupNorm(GROUP_NORM_GROUPS, channels)
+    return nn.BatchNorm3d(channels)
+
+
+def conv_norm_act(in_channels: int, out_channels: int, stride: int, config: BackboneConfig) -> nn.Sequential:
+    """3x3x3 conv (padding 1), norm, LeakyReLU: the layers of MONAI's ``Convolution(3, in_channels, out_channels,
+    strides=stride, kernel_size=3, norm=..., act=("leakyrelu", ...))`` under the same names (``conv``, ``adn.N``,
+    ``adn.A``), so checkpoints saved with MONAI's block load unchanged."""
+    adn = nn.Sequential(OrderedDict(N=_norm(config, out_channels), A=nn.LeakyReLU(LEAKY_SLOPE)))
+    conv = nn.Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
+    return nn.Sequential(OrderedDict(conv=conv, adn=adn))
 
 
 def backbone_stride(stage: int) -> int:
@@ -58,21 +69,11 @@ class FPNBackbone(nn.Module):
         self.stride2_channels = config.stage_channels[0]
         # Laterals start at the finest requested level: finer stages only feed the encoder.
         self.first_lateral = min(self.out_stages)
-        norm = _norm(config)
-        act = ("leakyrelu", {"negative_slope": LEAKY_SLOPE})
         stages = []
         in_channels = config.in_channels
         for channels, num_convs in zip(config.stage_channels, config.convs_per_stage, strict=True):
             units = [
-                Convolution(
-                    SPATIAL_DIMS,
-                    in_channels if i == 0 else channels,
-                    channels,
-                    strides=2 if i == 0 else 1,
-                    kernel_size=3,
-                    norm=norm,
-                    act=act,
-                )
+                conv_norm_act(in_channels if i == 0 else channels, channels, 2 if i == 0 else 1, config)
                 for i in range(num_convs)
             ]
             stages.append(nn.Sequential(*units))
@@ -111,6 +112,10 @@ class ResNetFPNBackbone(nn.Module):
     """MONAI ``ResNetFeatures`` (random init, no pickle download) with MONAI's ``FeaturePyramidNetwork``."""
 
     def __init__(self, config: BackboneConfig) -> None:
+        # MONAI only for this kind (see the module docstring).
+        from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork
+        from monai.networks.nets.resnet import ResNetFeatures, get_inplanes
+
         super().__init__()
         if not config.out_stages or max(config.out_stages) >= RESNET_STAGES:
             raise ValueError(f"resnet out_stages {config.out_stages} must be in 0..{RESNET_STAGES - 1}")
