@@ -143,7 +143,7 @@ def test_conv_norm_act_is_monais_convolution_block(norm, monai_norm):
     from monai.networks.blocks import Convolution
 
     torch.manual_seed(0)
-    ours = conv_norm_act(8, 16, 2, BackboneConfig(norm=norm))
+    ours = conv_norm_act(8, 16, 2, norm)
     theirs = Convolution(
         3, 8, 16, strides=2, kernel_size=3, norm=monai_norm, act=("leakyrelu", {"negative_slope": 0.01})
     )

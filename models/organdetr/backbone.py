@@ -27,19 +27,19 @@ GROUP_NORM_GROUPS = 8
 RESNET_STAGES = 5
 
 
-def _norm(config: BackboneConfig, channels: int) -> nn.Module:
-    if config.norm == "instance":
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "instance":
         return nn.InstanceNorm3d(channels, affine=True)
-    if config.norm == "group":
+    if kind == "group":
         return nn.GroupNorm(GROUP_NORM_GROUPS, channels)
     return nn.BatchNorm3d(channels)
 
 
-def conv_norm_act(in_channels: int, out_channels: int, stride: int, config: BackboneConfig) -> nn.Sequential:
+def conv_norm_act(in_channels: int, out_channels: int, stride: int, norm: str) -> nn.Sequential:
     """3x3x3 conv (padding 1), norm, LeakyReLU: the layers of MONAI's ``Convolution(3, in_channels, out_channels,
     strides=stride, kernel_size=3, norm=..., act=("leakyrelu", ...))`` under the same names (``conv``, ``adn.N``,
     ``adn.A``), so checkpoints saved with MONAI's block load unchanged."""
-    adn = nn.Sequential(OrderedDict(N=_norm(config, out_channels), A=nn.LeakyReLU(LEAKY_SLOPE)))
+    adn = nn.Sequential(OrderedDict(N=_norm(norm, out_channels), A=nn.LeakyReLU(LEAKY_SLOPE)))
     conv = nn.Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
     return nn.Sequential(OrderedDict(conv=conv, adn=adn))
 
@@ -73,7 +73,7 @@ class FPNBackbone(nn.Module):
         in_channels = config.in_channels
         for channels, num_convs in zip(config.stage_channels, config.convs_per_stage, strict=True):
             units = [
-                conv_norm_act(in_channels if i == 0 else channels, channels, 2 if i == 0 else 1, config)
+                conv_norm_act(in_channels if i == 0 else channels, channels, 2 if i == 0 else 1, config.norm)
                 for i in range(num_convs)
             ]
             stages.append(nn.Sequential(*units))

@@ -29,6 +29,7 @@ from .backbone import backbone_divisor, backbone_stride, build_backbone
 from .config import ModelConfig
 from .decoder import DeformableDecoder, DeformableEncoder
 from .msa import MultiScaleAttentionEncoder
+from .segmentation_branch import SegmentationBranch
 
 
 def _lcm(values: list[int]) -> int:
@@ -73,18 +74,17 @@ class OrganDETR(nn.Module):
             if config.presence_head
             else None
         )
-        self.seg_branch: nn.Module | None = None
-        if config.segmentation_branch.enabled:
-            # Imported here: the branch is built with MONAI, which takes seconds to import (see .backbone).
-            from .segmentation_branch import SegmentationBranch
-
-            self.seg_branch = SegmentationBranch(
+        self.seg_branch = (
+            SegmentationBranch(
                 fpn_channels,
                 self.backbone.stride2_channels,
                 config.backbone.in_channels,
                 config.num_classes,
                 config.segmentation_branch,
             )
+            if config.segmentation_branch.enabled
+            else None
+        )
 
     @property
     def size_divisor(self) -> int:

@@ -11,24 +11,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution
 from torch import Tensor, nn
 
+from .backbone import conv_norm_act
 from .config import SegmentationBranchConfig
 
-SPATIAL_DIMS = 3
-LEAKY_SLOPE = 0.01  # as the backbone's conv-norm-act units
 
-
-def _unit(in_channels: int, out_channels: int) -> Convolution:
-    return Convolution(
-        SPATIAL_DIMS,
-        in_channels,
-        out_channels,
-        kernel_size=3,
-        norm=("instance", {"affine": True}),
-        act=("leakyrelu", {"negative_slope": LEAKY_SLOPE}),
-    )
+def _unit(in_channels: int, out_channels: int) -> nn.Sequential:
+    return conv_norm_act(in_channels, out_channels, stride=1, norm="instance")
 
 
 class SegmentationBranch(nn.Module):
