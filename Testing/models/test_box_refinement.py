@@ -46,3 +46,23 @@ def test_a_component_that_barely_overlaps_is_not_trusted(label_map):
     far = DecodedOrgan(class_index=0, score=0.9, box=_box([5, 7, 8], [12, 12, 12]), presence=0.9)
     (kept,) = refine_boxes([far], label_map, BoxRefinementConfig(min_iou=0.5))
     assert kept.box_source == "query"
+
+
+def test_average_rule_meets_the_query_halfway(label_map):
+    near = DecodedOrgan(class_index=0, score=0.9, box=_box([1, 3, 4], [7, 9, 9]), presence=0.9)
+    (averaged,) = refine_boxes([near], label_map, BoxRefinementConfig(box_rule="average"))
+    torch.testing.assert_close(averaged.box, _box([1.5, 3, 4], [6.5, 8.5, 9]))
+    assert averaged.box_source == "segmentation"
+    (kept,) = refine_boxes([near], label_map, BoxRefinementConfig(box_rule="keep"))
+    assert torch.equal(kept.box, near.box) and kept.box_source == "query"
+
+
+def test_score_by_agreement_is_the_overlap_of_query_and_component(label_map):
+    # Query [1,7)x[3,9)x[4,9) = 180 voxels, component [2,6)x[3,8)x[4,9) = 100 inside it: IoU 100 / 180.
+    near = DecodedOrgan(class_index=0, score=0.9, box=_box([1, 3, 4], [7, 9, 9]), presence=0.9)
+    nowhere = DecodedOrgan(class_index=2, score=0.7, box=_box([0, 0, 0], [3, 3, 3]), presence=0.7)
+    config = BoxRefinementConfig(box_rule="keep", score_by_agreement=True)
+    scored = refine_boxes([near, nowhere], label_map, config)
+    assert scored[0].score == pytest.approx(0.9 * 100 / 180, rel=1e-5)
+    assert scored[1].score == 0.0  # the voxels do not confirm the box at all
+    assert [o.presence for o in scored] == [0.9, 0.7]  # presence is the presence rule's business

@@ -94,7 +94,10 @@ def test_bad_config(saved) -> None:
     edit_config(directory, lambda data: data["model"].update(colour="blue"))
     with pytest.raises(UserInputError, match="unknown ModelConfig keys"):
         load_checkpoint(directory)
-    edit_config(directory, lambda data: (data["model"].pop("colour"), data.update(schema_version=99)))
+    edit_config(directory, lambda data: (data["model"].pop("colour"), data["refinement"].update(box_rule="median")))
+    with pytest.raises(UserInputError, match=r"box_rule must be one of \['replace', 'average', 'keep'\]"):
+        load_checkpoint(directory)
+    edit_config(directory, lambda data: (data["refinement"].update(box_rule="average"), data.update(schema_version=99)))
     with pytest.raises(UserInputError, match="schema_version 99 is newer"):
         load_checkpoint(directory)
     (directory / CONFIG_FILE).write_text("{not json", encoding="utf-8")

@@ -182,6 +182,12 @@ class BoxRefinementConfig:
     enabled: bool = True  # only acts on models with a segmentation branch
     min_iou: float = 0.1  # overlap of query box and component box needed to trust the component
     min_voxels: int = 5  # smaller components are noise
+    # What a trusted component does to the query box: "replace" it, or "average" the two corner-wise (two estimates
+    # with independent errors), or "keep" it (the component then only informs the score).
+    box_rule: Literal["replace", "average", "keep"] = "replace"
+    # Scale each organ's score by the IoU of its query box and the best component's box (0 when none): where the
+    # voxels and the query agree the box is precise, so the score ranks boxes by quality.
+    score_by_agreement: bool = False
 
 
 @dataclass
@@ -318,7 +324,8 @@ def _tuples(value: Any) -> Any:
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a (nested) dataclass from plain JSON data; unknown keys are an error, missing keys take defaults.
+    """Rebuild a (nested) dataclass from plain JSON data; unknown keys and values outside a ``Literal`` are an
+    error, missing keys take defaults.
 
     Nested configs are found from the type hints, so a new config class needs no registration here.
     """
@@ -331,6 +338,10 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
+        if typing.get_origin(hints[name]) is Literal and value not in typing.get_args(hints[name]):
+            raise ValueError(
+                f"{cls.__name__}.{name} must be one of {list(typing.get_args(hints[name]))}, got {value!r}"
+            )
         if dataclasses.is_dataclass(hints[name]):
             kwargs[name] = _from_dict(hints[name], value)
         elif isinstance(value, list):
