@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from organdetr.config import DetectorConfig
 from organdetr.errors import UserInputError
 from organdetr.inference import run_detector, segmentation_supported_presence, select_device
 from organdetr.organ_detr import build_model
@@ -50,8 +51,9 @@ def test_select_device() -> None:
 def test_segmentation_supported_presence_by_hand() -> None:
     labels = torch.zeros(4, 5, 6, dtype=torch.long)
     labels.view(-1)[:10] = 1  # organ 1: 10 voxels, half of what vouches fully
-    labels.view(-1)[10:40] = 3  # organ 3: 30 voxels; organ 2: none
-    assert segmentation_supported_presence([0.8, 0.9, 0.7], labels, min_voxels=20) == pytest.approx([0.4, 0.0, 0.7])
+    labels.view(-1)[10:40] = 3  # organ 3: 30 voxels; organs 2 and 4: none
+    vouched = segmentation_supported_presence([0.8, 0.9, 0.7, 0.6], labels, min_voxels=[20, 20, 20, 0])
+    assert vouched == pytest.approx([0.4, 0.0, 0.7, 0.6])  # organ 4 is left to the head
 
 
 def test_segmentation_branch_vouches_for_presence(tiny_config, head_neck_volume) -> None:
@@ -64,8 +66,16 @@ def test_segmentation_branch_vouches_for_presence(tiny_config, head_neck_volume)
     head_alone = run_detector(model, volume, torch.device("cpu"), tiny_config, segmentation=True)
     counts = torch.bincount(head_alone.segmentation.flatten(), minlength=tiny_config.model.num_classes + 1)[1:]
     min_voxels = int(counts.max()) + 1  # no organ fully vouched for
-    tiny_config.presence.min_segmented_voxels = min_voxels
+    names = tiny_config.class_names
+    tiny_config.presence.min_segmented_voxels = {name: min_voxels for name in names[:-1]}  # the last: head alone
     vouched = run_detector(model, volume, torch.device("cpu"), tiny_config)
-    expected = [p * int(n) / min_voxels for p, n in zip(head_alone.presence, counts, strict=True)]
-    assert vouched.presence == pytest.approx(expected)
+    expected = [p * int(n) / min_voxels for p, n in zip(head_alone.presence[:-1], counts[:-1], strict=True)]
+    assert vouched.presence == pytest.approx([*expected, head_alone.presence[-1]])
     assert vouched.presence != pytest.approx(head_alone.presence)
+
+
+def test_vouching_organs_must_be_the_models(tiny_config) -> None:
+    data = tiny_config.to_dict()
+    data["presence"]["min_segmented_voxels"] = {"Liver": 10}
+    with pytest.raises(ValueError, match=r"organs the model does not have: \['Liver'\]"):
+        DetectorConfig.from_dict(data)

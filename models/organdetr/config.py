@@ -169,10 +169,11 @@ class PresenceConfig:
     query's class probability; the highest over windows) is at or above ``threshold``."""
 
     threshold: float = 0.5
-    # With a segmentation branch, the organ's voxels in the segmentation vouch for it too: the probability is
-    # scaled by min(1, segmented voxels / this), so an organ the voxels do not show is absent whatever the image-level
-    # head says (that head pattern-completes: parotids below the mandible). 0 = the head alone.
-    min_segmented_voxels: int = 0
+    # Per organ name, with a segmentation branch: the organ's voxels in the segmentation vouch for it too, its
+    # probability scaled by min(1, segmented voxels / this), so an organ the voxels do not show is absent whatever
+    # the image-level head says (that head pattern-completes: a mandible below the jaw). Organs not listed (e.g. one
+    # the branch does not segment) rely on the head alone.
+    min_segmented_voxels: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -295,6 +296,9 @@ class DetectorConfig:
                 f"presence_levels {self.model.presence_levels} must be 1..{len(self.model.backbone.out_stages)} "
                 "(the pyramid levels)"
             )
+        unknown = set(self.presence.min_segmented_voxels) - set(self.class_names)
+        if unknown:
+            raise ValueError(f"presence.min_segmented_voxels names organs the model does not have: {sorted(unknown)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -90,10 +90,15 @@ def _window_probabilities(outputs: dict, window: Window) -> torch.Tensor:
     return probabilities[0].cpu()
 
 
-def segmentation_supported_presence(presence: list[float], labels: torch.Tensor, min_voxels: int) -> list[float]:
-    """Each organ's presence probability scaled by ``min(1, its voxels in labels / min_voxels)``."""
+def segmentation_supported_presence(
+    presence: list[float], labels: torch.Tensor, min_voxels: Sequence[int]
+) -> list[float]:
+    """Each organ's presence probability scaled by ``min(1, its voxels in labels / its min_voxels)`` (0: kept)."""
     counts = torch.bincount(labels.flatten(), minlength=len(presence) + 1)[1:].tolist()
-    return [p * min(1.0, count / min_voxels) for p, count in zip(presence, counts, strict=True)]
+    return [
+        p * min(1.0, count / needed) if needed > 0 else p
+        for p, count, needed in zip(presence, counts, min_voxels, strict=True)
+    ]
 
 
 def run_detector(
@@ -117,7 +122,8 @@ def run_detector(
     windows = plan_windows(shape, config.preprocess.spatial_size, config.preprocess.window_overlap)
     has_branch = config.model.segmentation_branch.enabled
     refine = config.refinement.enabled and has_branch
-    want_segmentation = segmentation or refine or (has_branch and config.presence.min_segmented_voxels > 0)
+    vouching = has_branch and bool(config.presence.min_segmented_voxels)
+    want_segmentation = segmentation or refine or vouching
     was_training = model.training
     model.eval()
     per_window: list[list[tuple[float, DecodedOrgan]]] = []  # per window, per class: (rank, organ)
@@ -140,8 +146,9 @@ def run_detector(
     presence = [max(organ.presence for _, organ in views) for views in per_class]
     query_boxes = [organ.box for organ in organs]
     labels = seg_total.argmax(dim=0) if seg_total is not None else None
-    if has_branch and labels is not None and config.presence.min_segmented_voxels > 0:
-        presence = segmentation_supported_presence(presence, labels, config.presence.min_segmented_voxels)
+    if vouching and labels is not None:
+        min_voxels = [config.presence.min_segmented_voxels.get(name, 0) for name in config.class_names]
+        presence = segmentation_supported_presence(presence, labels, min_voxels)
     if refine and labels is not None:
         organs = refine_boxes(organs, labels, config.refinement)
     return InferenceOutput(
