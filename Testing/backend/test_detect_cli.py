@@ -191,9 +191,17 @@ def test_console_script_reports_bad_input_in_one_line(tiny_checkpoint, tmp_path)
 
 
 def test_detect_process_leaves_monai_matplotlib_and_other_commands_unimported(small_abdomen_ct, tmp_path) -> None:
-    """detect with the shipped model, in its own process: MONAI (seconds to import), matplotlib (only for --overlay)
-    and the other commands' modules stay unimported."""
-    unwanted = ("monai", "matplotlib", "organdetr.train", "organdetr.evaluate", "organdetr_backend.serve_command")
+    """detect with the shipped model, in its own process: MONAI (seconds to import), matplotlib (only for --overlay),
+    scipy.ndimage (only for box refinement, off in the shipped model) and the other commands' modules stay
+    unimported."""
+    unwanted = (
+        "monai",
+        "matplotlib",
+        "scipy.ndimage",
+        "organdetr.train",
+        "organdetr.evaluate",
+        "organdetr_backend.serve_command",
+    )
     code = (
         "import sys; from organdetr_backend.cli import main; status = main(sys.argv[1:]); "
         f"print(sorted(set({unwanted!r}) & set(sys.modules))); sys.exit(status)"

@@ -13,7 +13,6 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from .box_ops import corners_to_center_size, pairwise_iou
 from .config import BoxRefinementConfig
@@ -22,6 +21,8 @@ from .postprocess import DecodedOrgan
 
 def component_boxes(label_map: np.ndarray, label: int, min_voxels: int) -> torch.Tensor:
     """Normalised centre-size boxes ``[C, 6]`` of the connected components of ``label`` (voxel-edge convention)."""
+    from scipy import ndimage  # here: ~0.3 s to import, and models without refinement never need it
+
     components, count = ndimage.label(label_map == label)
     if count == 0:
         return torch.zeros(0, 6)
