@@ -170,9 +170,9 @@ class PresenceConfig:
 
     threshold: float = 0.5
     # Per organ name, with a segmentation branch: the organ's voxels in the segmentation vouch for it too, its
-    # probability scaled by min(1, segmented voxels / this), so an organ the voxels do not show is absent whatever
-    # the image-level head says (that head pattern-completes: a mandible below the jaw). Organs not listed (e.g. one
-    # the branch does not segment) rely on the head alone.
+    # probability scaled by min(1, its voxels on the network grid / this), so an organ the voxels do not show is
+    # absent whatever the image-level head says (that head pattern-completes: a mandible below the jaw). Organs not
+    # listed (e.g. one the branch does not segment) rely on the head alone.
     min_segmented_voxels: dict[str, int] = field(default_factory=dict)
 
 

@@ -113,10 +113,10 @@ def run_detector(
 
     The network sees windows of ``config.preprocess.spatial_size``. Each organ's detection comes from the window
     that supports it best: the highest score, with a penalty for a box that a window border inside the volume cuts
-    off. A network with a segmentation branch always segments: its components refine the boxes
-    (``config.refinement``) and its voxels vouch for each organ's presence (``config.presence``). The model is run
-    in eval mode and its previous train/eval mode is restored afterwards, so validation during training can use this
-    same path.
+    off. A network with a segmentation branch segments whenever its result is used: asked for, refining the boxes
+    (``config.refinement``), or vouching for each organ's presence (``config.presence``). The model is run in eval
+    mode and its previous train/eval mode is restored afterwards, so validation during training can use this same
+    path.
     """
     shape = volume.network_shape
     windows = plan_windows(shape, config.preprocess.spatial_size, config.preprocess.window_overlap)
