@@ -121,6 +121,29 @@ def test_segmentation_loss_is_cross_entropy_plus_dice_of_present_organs(make_out
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_segmentation_class_weights_weigh_an_organs_voxels_in_the_cross_entropy(make_outputs) -> None:
+    """Organ 2 weighs 30: the cross-entropy is the weighted mean over voxels (weights of their true classes)."""
+    seg_logits, targets = seg_case([True, True, False], seed=1)
+    finest, label_map = seg_logits[0].detach(), targets[0]["label_map"]
+    names = [f"organ{k}" for k in range(1, NUM_CLASSES + 1)]
+    criterion = SetCriterion(
+        NUM_CLASSES,
+        DenseQueryMatcher(MatcherConfig(dense_lambda=0.0)),
+        LossConfig(seg_class_weights={"organ2": 30.0}),
+        class_names=names,
+    )
+    loss = criterion({**make_outputs(1, 4, NUM_CLASSES), "seg_logits": [finest]}, targets)["loss_seg"]
+    kept = finest[:, :3]
+    per_voxel = -kept.log_softmax(1).gather(1, label_map[None, None]).flatten()
+    weights = torch.where(label_map.flatten() == 2, 30.0, 1.0)
+    assert (label_map == 2).any() and (label_map != 2).any()
+    weighted_cross_entropy = (per_voxel * weights).sum() / weights.sum()
+    expected = weighted_cross_entropy + hand_dice_loss(kept.softmax(1), label_map, [1, 2])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="seg_class_weights names 'organ2'"):
+        SetCriterion(NUM_CLASSES, DenseQueryMatcher(MatcherConfig()), LossConfig(seg_class_weights={"organ2": 2.0}))
+
+
 def test_annotated_organ_missing_from_the_sample_has_no_dice_term(make_outputs) -> None:
     """Organ 3 is annotated but has no voxel here (the window left it out): it is background in the cross-entropy,
     and its empty Dice target, which would push its probability down everywhere, is not counted."""

@@ -6,8 +6,9 @@ import pytest
 import torch
 from organdetr.config import DetectorConfig
 from organdetr.errors import UserInputError
-from organdetr.inference import run_detector, segmentation_supported_presence, select_device
+from organdetr.inference import branch_organ_voxels, run_detector, segmentation_supported_presence, select_device
 from organdetr.organ_detr import build_model
+from organdetr.windows import Window
 
 
 def test_run_detector_on_a_real_ct(tiny_config, head_neck_volume) -> None:
@@ -49,11 +50,39 @@ def test_select_device() -> None:
 
 
 def test_segmentation_supported_presence_by_hand() -> None:
-    labels = torch.zeros(4, 5, 6, dtype=torch.long)
-    labels.view(-1)[:10] = 1  # organ 1: 10 voxels, half of what vouches fully
-    labels.view(-1)[10:40] = 3  # organ 3: 30 voxels; organs 2 and 4: none
-    vouched = segmentation_supported_presence([0.8, 0.9, 0.7, 0.6], labels, min_voxels=[20, 20, 20, 0])
-    assert vouched == pytest.approx([0.4, 0.0, 0.7, 0.6])  # organ 4 is left to the head
+    # organ 1: 10 voxels, half of what vouches fully; organ 3: 30; organs 2 and 4: none (organ 4 is left to the head)
+    vouched = segmentation_supported_presence([0.8, 0.9, 0.7, 0.6], [10.0, 0.0, 30.0, 0.0], min_voxels=[20, 20, 20, 0])
+    assert vouched == pytest.approx([0.4, 0.0, 0.7, 0.6])
+
+
+def _probabilities(label_grid: torch.Tensor, classes: int, confidence: float) -> torch.Tensor:
+    """``[C, *grid]`` probabilities: ``confidence`` on each voxel's label, the rest spread over the other classes."""
+    onehot = torch.nn.functional.one_hot(label_grid, classes).permute(3, 0, 1, 2).float()
+    return onehot * confidence + (1 - onehot) * (1 - confidence) / (classes - 1)
+
+
+def test_branch_organ_voxels_stitch_windows_on_the_branch_grid() -> None:
+    """Two stride-2 windows of 8^3 over a volume of 4 x 12 x 8 network voxels (branch grid 2 x 6 x 4): both start 2
+    voxels before the volume along axis 0 (their branch row 0 is padding); the second starts 4 voxels (2 branch
+    voxels) into it along axis 1, so the windows share branch rows 2-3 of axis 1, where the surer one wins."""
+    first, second = Window(start=(-2, 0, 0), size=(8, 8, 8)), Window(start=(-2, 4, 0), size=(8, 8, 8))
+    labels_first = torch.zeros(4, 4, 4, dtype=torch.long)
+    labels_first[0] = 2  # organ 2 only in the padding: never counted
+    labels_first[1, :2] = 1  # organ 1 on 8 branch voxels that only this window sees
+    labels_first[2, 2:] = 1  # organ 1 on the 8 shared branch voxels ...
+    labels_second = torch.zeros(4, 4, 4, dtype=torch.long)
+    labels_second[2, 0] = 1  # ... where the surer second window agrees on 4 of them (and says background on 4)
+    labels_second[2, 2:] = 2  # organ 2 on 8 branch voxels that only the second window sees
+    window_probabilities = [
+        (first, _probabilities(labels_first, 3, 0.6)),
+        (second, _probabilities(labels_second, 3, 0.9)),
+    ]
+    voxels = branch_organ_voxels(window_probabilities, (4, 12, 8))
+    assert voxels.tolist() == [(8 + 4) * 8.0, 8 * 8.0]  # each branch voxel covers 2^3 network voxels
+
+
+def test_coarsened_window_rounds_odd_starts_down() -> None:
+    assert Window(start=(-3, 5, 4), size=(8, 8, 8)).coarsened((2, 2, 2)) == Window(start=(-2, 2, 2), size=(4, 4, 4))
 
 
 def test_segmentation_branch_vouches_for_presence(tiny_config, head_neck_volume) -> None:
@@ -62,9 +91,12 @@ def test_segmentation_branch_vouches_for_presence(tiny_config, head_neck_volume)
     tiny_config.model.segmentation_branch.enabled = True
     tiny_config.model.presence_head = True
     torch.manual_seed(0)
-    model = build_model(tiny_config.model)
-    head_alone = run_detector(model, volume, torch.device("cpu"), tiny_config, segmentation=True)
-    counts = torch.bincount(head_alone.segmentation.flatten(), minlength=tiny_config.model.num_classes + 1)[1:]
+    model = build_model(tiny_config.model).eval()
+    head_alone = run_detector(model, volume, torch.device("cpu"), tiny_config)
+    with torch.inference_mode():  # the volume is the one window: count the branch's stride-2 labels directly
+        logits = model(volume.image[None], return_segmentation=True)["seg_full_logits"]
+    assert logits.shape[2:] == tuple(n // 2 for n in volume.network_shape)
+    counts = torch.bincount(logits[0].argmax(0).flatten(), minlength=tiny_config.model.num_classes + 1)[1:] * 8
     min_voxels = int(counts.max()) + 1  # no organ fully vouched for
     names = tiny_config.class_names
     tiny_config.presence.min_segmented_voxels = {name: min_voxels for name in names[:-1]}  # the last: head alone
@@ -78,4 +110,11 @@ def test_vouching_organs_must_be_the_models(tiny_config) -> None:
     data = tiny_config.to_dict()
     data["presence"]["min_segmented_voxels"] = {"Liver": 10}
     with pytest.raises(ValueError, match=r"organs the model does not have: \['Liver'\]"):
+        DetectorConfig.from_dict(data)
+    data = tiny_config.to_dict()
+    data["loss"]["seg_class_weights"] = {"Spleen": 2.0}
+    with pytest.raises(ValueError, match=r"loss.seg_class_weights names organs the model does not have"):
+        DetectorConfig.from_dict(data)
+    data["loss"]["seg_class_weights"] = {"Esophagus": -1.0}
+    with pytest.raises(ValueError, match=r"seg_class_weights must be positive"):
         DetectorConfig.from_dict(data)

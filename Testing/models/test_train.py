@@ -174,6 +174,9 @@ def test_bad_options_are_one_line_errors(setup, tmp_path, capsys) -> None:
     assert "--dense-lambda" in capsys.readouterr().err
     assert train(setup, tmp_path / "d", "--lr-backbone", "0") == 2
     assert "--lr-backbone must be positive" in capsys.readouterr().err
+    for item in ("Liver=3", "Esophagus=0", "Esophagus", "Esophagus=x"):
+        assert train(setup, tmp_path / "e", "--seg-class-weight", item) == 2
+        assert f"--seg-class-weight {item!r}: expected ORGAN=WEIGHT" in capsys.readouterr().err
 
 
 def test_backbone_learning_rate_is_its_own_option(setup, tmp_path) -> None:
@@ -259,8 +262,9 @@ def test_physical_space_run_with_segmentation_branch_and_quality_head(tmp_path, 
     setup = (write_dataset_json(tmp_path, data_dir), config_path)
     output = tmp_path / "run"
     assert train(setup, output, "--epochs", "1", "--batch-size", "2", "--warmup-steps", "1",
-                 "--oversample-rare-organs", "0.5") == 0  # fmt: skip
-    assert DetectorConfig.from_json_file(output / "last" / "config.json").train.oversample_rare_organs == 0.5
+                 "--oversample-rare-organs", "0.5", "--seg-class-weight", "Esophagus=30") == 0  # fmt: skip
+    saved = DetectorConfig.from_json_file(output / "last" / "config.json")
+    assert saved.train.oversample_rare_organs == 0.5 and saved.loss.seg_class_weights == {"Esophagus": 30.0}
     row = history(output)[-1]
     assert {"train_loss_quality", "train_loss_seg_branch"} <= set(row) and "val_mAP" in row
     metrics_path = tmp_path / "metrics.json"

@@ -137,6 +137,9 @@ class LossConfig:
     background_class_weight: float = 1.0
     organ_class_weight: float = 10.0
     aux_loss: bool = True
+    # Per organ name: the weight of its voxels in the segmentation cross-entropy (background and the others: 1). A
+    # thin, low-contrast organ (the oesophagus) otherwise loses every voxel to the background around it.
+    seg_class_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,9 +173,10 @@ class PresenceConfig:
 
     threshold: float = 0.5
     # Per organ name, with a segmentation branch: the organ's voxels in the segmentation vouch for it too, its
-    # probability scaled by min(1, its voxels on the network grid / this), so an organ the voxels do not show is
-    # absent whatever the image-level head says (that head pattern-completes: a mandible below the jaw). Organs not
-    # listed (e.g. one the branch does not segment) rely on the head alone.
+    # probability scaled by min(1, its voxels / this), so an organ the voxels do not show is absent whatever the
+    # image-level head says (that head pattern-completes: a mandible below the jaw). Organs not listed (e.g. one the
+    # branch does not segment) rely on the head alone. Voxels: in the branch's segmentation stitched on its own grid,
+    # each branch voxel counted as the network-grid voxels it covers.
     min_segmented_voxels: dict[str, int] = field(default_factory=dict)
 
 
@@ -296,9 +300,15 @@ class DetectorConfig:
                 f"presence_levels {self.model.presence_levels} must be 1..{len(self.model.backbone.out_stages)} "
                 "(the pyramid levels)"
             )
-        unknown = set(self.presence.min_segmented_voxels) - set(self.class_names)
-        if unknown:
-            raise ValueError(f"presence.min_segmented_voxels names organs the model does not have: {sorted(unknown)}")
+        for what, organs in (
+            ("presence.min_segmented_voxels", self.presence.min_segmented_voxels),
+            ("loss.seg_class_weights", self.loss.seg_class_weights),
+        ):
+            unknown = set(organs) - set(self.class_names)
+            if unknown:
+                raise ValueError(f"{what} names organs the model does not have: {sorted(unknown)}")
+        if any(not weight > 0 for weight in self.loss.seg_class_weights.values()):
+            raise ValueError(f"loss.seg_class_weights must be positive, got {self.loss.seg_class_weights}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

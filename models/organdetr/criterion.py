@@ -14,6 +14,7 @@ organ's probability down everywhere (nnU-Net and nnDetection also leave such ter
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -37,7 +38,13 @@ class SetCriterion(nn.Module):
     weighted sum.
     """
 
-    def __init__(self, num_classes: int, matcher: DenseQueryMatcher, config: LossConfig) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: DenseQueryMatcher,
+        config: LossConfig,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher
@@ -45,6 +52,12 @@ class SetCriterion(nn.Module):
         class_weight = torch.full((num_classes + 1,), config.organ_class_weight)
         class_weight[num_classes] = config.background_class_weight
         self.register_buffer("class_weight", class_weight)
+        seg_class_weight = torch.ones(num_classes + 1)  # per label value, 0 = background
+        for name, weight in config.seg_class_weights.items():
+            if class_names is None or name not in class_names:
+                raise ValueError(f"seg_class_weights names {name!r}, not one of the classes {class_names}")
+            seg_class_weight[list(class_names).index(name) + 1] = weight
+        self.register_buffer("seg_class_weight", seg_class_weight)
         self.dice = DiceLoss(include_background=False, reduction="none")
         self.weights = {
             "loss_class": config.weight_class,
@@ -119,8 +132,8 @@ class SetCriterion(nn.Module):
         return F.binary_cross_entropy_with_logits(logits[known], truth[known])
 
     def loss_seg(self, seg_logits: list[torch.Tensor], targets: list[Target]) -> torch.Tensor:
-        """Cross-entropy on ``[background + annotated organs]`` channels plus Dice on the annotated organs present in
-        the sample, per level and sample, averaged over both."""
+        """Cross-entropy on ``[background + annotated organs]`` channels (weighted by ``seg_class_weights``) plus Dice
+        on the annotated organs present in the sample, per level and sample, averaged over both."""
         losses = []
         for level_logits in seg_logits:
             level_logits = level_logits.float()
@@ -135,7 +148,7 @@ class SetCriterion(nn.Module):
                 remap = torch.zeros(self.num_classes + 1, dtype=torch.long, device=level_logits.device)
                 remap[channels] = torch.arange(channels.numel(), device=level_logits.device)
                 logits, truth = level_logits[b : b + 1, channels], remap[resized[b, 0]][None]
-                loss = F.cross_entropy(logits, truth)
+                loss = F.cross_entropy(logits, truth, weight=self.seg_class_weight[channels])
                 onehot = F.one_hot(truth, channels.numel()).permute(0, 4, 1, 2, 3).float()
                 present = onehot[0, 1:].flatten(1).any(dim=1)
                 if present.any():

@@ -8,6 +8,7 @@ the finest multiscale head's) stitched over the windows on the volume's grid.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -90,14 +91,32 @@ def _window_probabilities(outputs: dict, window: Window) -> torch.Tensor:
     return probabilities[0].cpu()
 
 
+def branch_organ_voxels(
+    window_probabilities: Sequence[tuple[Window, torch.Tensor]], volume_shape: Sequence[int]
+) -> torch.Tensor:
+    """Voxels of each organ in the branch's segmentation of the volume, as ``FloatTensor [K]`` in network-grid voxels.
+
+    Each window's class probabilities ``[C, *branch grid]`` are summed on the branch's own grid (stride 2: no
+    upsampling; a window with an odd start lands half a branch voxel off, which a voxel count does not feel), the
+    labels are the argmax of the sum, and each branch voxel counts for the network-grid voxels it covers.
+    """
+    first_window, first = window_probabilities[0]
+    strides = [w // n for w, n in zip(first_window.size, first.shape[1:], strict=True)]
+    total = torch.zeros((first.shape[0], *(-(-n // k) for n, k in zip(volume_shape, strides, strict=True))))
+    for window, probabilities in window_probabilities:
+        window.coarsened(strides).add_to_volume(total, probabilities)
+    labels = total.max(dim=0).indices  # max().indices: argmax's labels, faster over the channel axis on CPU
+    counts = torch.bincount(labels.flatten(), minlength=total.shape[0])[1:]
+    return counts.float() * math.prod(strides)
+
+
 def segmentation_supported_presence(
-    presence: list[float], labels: torch.Tensor, min_voxels: Sequence[int]
+    presence: list[float], voxels: Sequence[float], min_voxels: Sequence[int]
 ) -> list[float]:
-    """Each organ's presence probability scaled by ``min(1, its voxels in labels / its min_voxels)`` (0: kept)."""
-    counts = torch.bincount(labels.flatten(), minlength=len(presence) + 1)[1:].tolist()
+    """Each organ's presence probability scaled by ``min(1, its voxels / its min_voxels)`` (0: kept)."""
     return [
-        p * min(1.0, count / needed) if needed > 0 else p
-        for p, count, needed in zip(presence, counts, min_voxels, strict=True)
+        p * min(1.0, float(count) / needed) if needed > 0 else p
+        for p, count, needed in zip(presence, voxels, min_voxels, strict=True)
     ]
 
 
@@ -113,28 +132,32 @@ def run_detector(
 
     The network sees windows of ``config.preprocess.spatial_size``. Each organ's detection comes from the window
     that supports it best: the highest score, with a penalty for a box that a window border inside the volume cuts
-    off. A network with a segmentation branch segments whenever its result is used: asked for, refining the boxes
-    (``config.refinement``), or vouching for each organ's presence (``config.presence``). The model is run in eval
-    mode and its previous train/eval mode is restored afterwards, so validation during training can use this same
-    path.
+    off. A network with a segmentation branch segments whenever its result is used: vouching for each organ's
+    presence (``config.presence``: the organ's voxels, stitched on the branch's own grid) and, stitched on the
+    volume's grid, when asked for or refining the boxes (``config.refinement``). The model
+    is run in eval mode and its previous train/eval mode is restored afterwards, so validation during training can
+    use this same path.
     """
     shape = volume.network_shape
     windows = plan_windows(shape, config.preprocess.spatial_size, config.preprocess.window_overlap)
     has_branch = config.model.segmentation_branch.enabled
     refine = config.refinement.enabled and has_branch
     vouching = has_branch and bool(config.presence.min_segmented_voxels)
-    want_segmentation = segmentation or refine or vouching
+    stitch = segmentation or refine
     was_training = model.training
     model.eval()
     per_window: list[list[tuple[float, DecodedOrgan]]] = []  # per window, per class: (rank, organ)
     seg_total = None
+    branch_probabilities: list[tuple[Window, torch.Tensor]] = []  # per window, for vouching
     try:
         for current in windows:
-            outputs = _forward(model, current.extract(volume.image), device, want_segmentation)
+            outputs = _forward(model, current.extract(volume.image), device, stitch or vouching)
             organs = decode_detections(outputs, top_k=top_k)[0]
             ranks = [o.score - (CUT_SCORE_PENALTY if current.cuts_box(o.box, shape) else 0.0) for o in organs]
             per_window.append(list(zip(ranks, _window_organs(organs, current, shape), strict=True)))
-            if want_segmentation:
+            if vouching:
+                branch_probabilities.append((current, outputs["seg_full_logits"][0].float().softmax(dim=0).cpu()))
+            if stitch:
                 window_probabilities = _window_probabilities(outputs, current)
                 if seg_total is None:
                     seg_total = torch.zeros((window_probabilities.shape[0], *shape))
@@ -147,9 +170,10 @@ def run_detector(
     query_boxes = [organ.box for organ in organs]
     # max().indices, not argmax(): the same labels, ~7x faster over the channel axis on CPU (torch 2.13).
     labels = seg_total.max(dim=0).indices if seg_total is not None else None
-    if vouching and labels is not None:
+    if vouching:
         min_voxels = [config.presence.min_segmented_voxels.get(name, 0) for name in config.class_names]
-        presence = segmentation_supported_presence(presence, labels, min_voxels)
+        organ_voxels = branch_organ_voxels(branch_probabilities, shape).tolist()
+        presence = segmentation_supported_presence(presence, organ_voxels, min_voxels)
     if refine and labels is not None:
         organs = refine_boxes(organs, labels, config.refinement)
     return InferenceOutput(

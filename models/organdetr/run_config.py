@@ -46,6 +46,7 @@ class ConfigChoices:
     presence_levels: int | None = None
     train_only: Sequence[str] | None = None
     oversample_rare_organs: float | None = None
+    seg_class_weight: Sequence[str] | None = None  # ORGAN=WEIGHT items
     soft_tissue_channel: bool = False
     no_augment: bool = False
     seed: int | None = None
@@ -92,6 +93,9 @@ def new_run_config(
         raise UserInputError("--lr and --lr-backbone must be positive")
     if not 0.0 <= train.oversample_rare_organs <= 2.0:
         raise UserInputError("--oversample-rare-organs must be between 0 and 2")
+    loss = config.loss
+    if choices.seg_class_weight is not None:
+        loss = replace(loss, seg_class_weights=_organ_weights(choices.seg_class_weight, config.class_names))
     matcher = config.matcher
     if choices.dense_lambda is not None:
         if not 0.0 <= choices.dense_lambda < 1.0:
@@ -121,6 +125,7 @@ def new_run_config(
         config,
         name=name,
         train=train,
+        loss=loss,
         matcher=matcher,
         model=model,
         preprocess=preprocess,
@@ -153,6 +158,24 @@ def _target_spacing(
     if len(spacing) != 3 or not all(0.1 <= v <= 20.0 for v in spacing):
         raise UserInputError("--target-spacing takes 3 values in mm between 0.1 and 20, 'auto' or 'none'")
     return spacing  # type: ignore[return-value]
+
+
+def _organ_weights(items: Sequence[str], class_names: Sequence[str]) -> dict[str, float]:
+    """``--seg-class-weight`` ``ORGAN=WEIGHT`` items -> ``{organ: weight}``."""
+    weights = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = 0.0
+        if name not in class_names or not 0 < weight <= 1000:
+            raise UserInputError(
+                f"--seg-class-weight {item!r}: expected ORGAN=WEIGHT with an organ of {list(class_names)} and a "
+                "weight in (0, 1000]"
+            )
+        weights[name] = weight
+    return weights
 
 
 def initialised_from(initial: LoadedDetector | None) -> dict[str, Any]:

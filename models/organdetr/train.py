@@ -105,6 +105,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(0 = uniform, the default; 0.5 = square-root balancing)",
     )
     parser.add_argument(
+        "--seg-class-weight",
+        nargs="+",
+        default=None,
+        metavar="ORGAN=WEIGHT",
+        help="weight of an organ's voxels in the segmentation cross-entropy (default 1), e.g. Esophagus=30 for a "
+        "thin, low-contrast organ the branch otherwise never segments",
+    )
+    parser.add_argument(
         "--soft-tissue-channel",
         action="store_true",
         help=f"add a second input channel, the soft-tissue HU window {SOFT_TISSUE_HU}; with --init-weights the "

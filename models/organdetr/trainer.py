@@ -102,7 +102,10 @@ class Trainer:
 
         torch.manual_seed(train_config.seed + 1 + self.dist.rank)  # dropout differs between ranks
         self.criterion = SetCriterion(
-            len(self.config.class_names), DenseQueryMatcher(self.config.matcher), self.config.loss
+            len(self.config.class_names),
+            DenseQueryMatcher(self.config.matcher),
+            self.config.loss,
+            class_names=self.config.class_names,
         ).to(self.device)
         self.optimizer, self.scheduler = build_optimizer(self.model, train_config, self.total_steps)
         self.amp_dtype = None

@@ -57,6 +57,13 @@ class Window:
         in_volume, in_window = self.overlap(total.shape[1:])
         total[(slice(None), *in_volume)] += values[(slice(None), *in_window)]
 
+    def coarsened(self, strides: Sequence[int]) -> Window:
+        """This window on a grid ``strides`` times coarser (a start that is not a multiple is rounded down)."""
+        return Window(
+            start=tuple(s // k for s, k in zip(self.start, strides, strict=True)),
+            size=tuple(w // k for w, k in zip(self.size, strides, strict=True)),
+        )
+
     def box_to_volume(self, box: torch.Tensor, volume_shape: Sequence[int]) -> torch.Tensor:
         """Normalised centre-size box(es) ``[..., 6]`` of this window -> normalised to the whole volume."""
         size = torch.tensor(self.size, dtype=box.dtype)
