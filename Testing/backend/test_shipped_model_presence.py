@@ -3,9 +3,9 @@
 OpenKBP pt_201 (a validation case) whole, cut below the head and cut above the larynx (``Testing/presence_cuts.py``
 makes the cuts from the case's own label map), and an upper-abdomen slab where no head-and-neck organ exists.
 
-The shipped model 2.2.0 does not yet reliably tell an organ that ends right at the scan's edge from one just beyond
-it: the larynx (7 of 17 validation scans) and the esophagus (9 of 9) when a scan ends just above the larynx, the
-mandible (8 of 22) when it starts just below the mandible (model card). Those absences are not asserted until a
+The shipped model 2.2.1 does not yet reliably tell an organ that ends right at the scan's edge from one just beyond
+it: the esophagus (9 of 9 validation scans) and the larynx (2 of 17) when a scan ends just above the larynx, the
+mandible (2 of 22) when it starts just below the mandible (model card). Those absences are not asserted until a
 model that knows them ships. Every other organ, and every organ that IS in the scan, is.
 """
 
