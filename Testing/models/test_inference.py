@@ -104,6 +104,8 @@ def test_segmentation_branch_vouches_for_presence(tiny_config, head_neck_volume)
     expected = [p * int(n) / min_voxels for p, n in zip(head_alone.presence[:-1], counts[:-1], strict=True)]
     assert vouched.presence == pytest.approx([*expected, head_alone.presence[-1]])
     assert vouched.presence != pytest.approx(head_alone.presence)
+    assert vouched.head_presence == head_alone.presence == head_alone.head_presence
+    assert vouched.segmented_voxels == counts.float().tolist() and head_alone.segmented_voxels is None
 
 
 def test_vouching_organs_must_be_the_models(tiny_config) -> None:

@@ -33,9 +33,11 @@ class InferenceOutput:
     """Detections of one volume, in network-normalised coordinates."""
 
     organs: list[DecodedOrgan]  # boxes normalised to the whole volume, one per class in class order
-    presence: list[float]  # per class: its best probability in any window (the organ is in the scan somewhere)
+    presence: list[float]  # per class: its best probability in any window, vouched for by the segmentation
     query_boxes: list[torch.Tensor]  # per class: the chosen query's box before refinement
     segmentation: torch.Tensor | None  # LongTensor [D0, D1, D2] of label values on the network grid, CPU
+    head_presence: list[float]  # per class: the presence before the segmentation vouched (the head's)
+    segmented_voxels: list[float] | None  # per class: its voxels in the branch's segmentation, when it vouched
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -166,16 +168,22 @@ def run_detector(
         model.train(was_training)
     per_class = list(zip(*per_window, strict=True))
     organs = [max(views, key=lambda view: view[0])[1] for views in per_class]
-    presence = [max(organ.presence for _, organ in views) for views in per_class]
+    head_presence = [max(organ.presence for _, organ in views) for views in per_class]
+    presence, organ_voxels = head_presence, None
     query_boxes = [organ.box for organ in organs]
     # max().indices, not argmax(): the same labels, ~7x faster over the channel axis on CPU (torch 2.13).
     labels = seg_total.max(dim=0).indices if seg_total is not None else None
     if vouching:
         min_voxels = [config.presence.min_segmented_voxels.get(name, 0) for name in config.class_names]
         organ_voxels = branch_organ_voxels(branch_probabilities, shape).tolist()
-        presence = segmentation_supported_presence(presence, organ_voxels, min_voxels)
+        presence = segmentation_supported_presence(head_presence, organ_voxels, min_voxels)
     if refine and labels is not None:
         organs = refine_boxes(organs, labels, config.refinement)
     return InferenceOutput(
-        organs=organs, presence=presence, query_boxes=query_boxes, segmentation=labels if segmentation else None
+        organs=organs,
+        presence=presence,
+        query_boxes=query_boxes,
+        segmentation=labels if segmentation else None,
+        head_presence=head_presence,
+        segmented_voxels=organ_voxels,
     )
