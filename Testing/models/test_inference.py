@@ -6,7 +6,7 @@ import pytest
 import torch
 from organdetr.config import DetectorConfig
 from organdetr.errors import UserInputError
-from organdetr.inference import branch_organ_voxels, run_detector, segmentation_supported_presence, select_device
+from organdetr.inference import BranchVoxelCounter, run_detector, segmentation_supported_presence, select_device
 from organdetr.organ_detr import build_model
 from organdetr.windows import Window
 
@@ -61,7 +61,7 @@ def _probabilities(label_grid: torch.Tensor, classes: int, confidence: float) ->
     return onehot * confidence + (1 - onehot) * (1 - confidence) / (classes - 1)
 
 
-def test_branch_organ_voxels_stitch_windows_on_the_branch_grid() -> None:
+def test_branch_voxels_are_stitched_on_the_branch_grid() -> None:
     """Two stride-2 windows of 8^3 over a volume of 4 x 12 x 8 network voxels (branch grid 2 x 6 x 4): both start 2
     voxels before the volume along axis 0 (their branch row 0 is padding); the second starts 4 voxels (2 branch
     voxels) into it along axis 1, so the windows share branch rows 2-3 of axis 1, where the surer one wins."""
@@ -77,7 +77,12 @@ def test_branch_organ_voxels_stitch_windows_on_the_branch_grid() -> None:
         (first, _probabilities(labels_first, 3, 0.6)),
         (second, _probabilities(labels_second, 3, 0.9)),
     ]
-    voxels = branch_organ_voxels(window_probabilities, (4, 12, 8))
+    counter = BranchVoxelCounter((4, 12, 8))
+    with pytest.raises(ValueError, match="no window"):
+        counter.voxels()
+    for window, probabilities in window_probabilities:
+        counter.add(window, probabilities)
+    voxels = counter.voxels()
     assert voxels.tolist() == [(8 + 4) * 8.0, 8 * 8.0]  # each branch voxel covers 2^3 network voxels
 
 

@@ -93,23 +93,32 @@ def _window_probabilities(outputs: dict, window: Window) -> torch.Tensor:
     return probabilities[0].cpu()
 
 
-def branch_organ_voxels(
-    window_probabilities: Sequence[tuple[Window, torch.Tensor]], volume_shape: Sequence[int]
-) -> torch.Tensor:
-    """Voxels of each organ in the branch's segmentation of the volume, as ``FloatTensor [K]`` in network-grid voxels.
+class BranchVoxelCounter:
+    """Voxels of each organ in the branch's segmentation of a volume, stitched window by window on the branch's own
+    grid (stride 2: no upsampling; a window with an odd start lands half a branch voxel off, which a voxel count
+    does not feel)."""
 
-    Each window's class probabilities ``[C, *branch grid]`` are summed on the branch's own grid (stride 2: no
-    upsampling; a window with an odd start lands half a branch voxel off, which a voxel count does not feel), the
-    labels are the argmax of the sum, and each branch voxel counts for the network-grid voxels it covers.
-    """
-    first_window, first = window_probabilities[0]
-    strides = [w // n for w, n in zip(first_window.size, first.shape[1:], strict=True)]
-    total = torch.zeros((first.shape[0], *(-(-n // k) for n, k in zip(volume_shape, strides, strict=True))))
-    for window, probabilities in window_probabilities:
-        window.coarsened(strides).add_to_volume(total, probabilities)
-    labels = total.max(dim=0).indices  # max().indices: argmax's labels, faster over the channel axis on CPU
-    counts = torch.bincount(labels.flatten(), minlength=total.shape[0])[1:]
-    return counts.float() * math.prod(strides)
+    def __init__(self, volume_shape: Sequence[int]) -> None:
+        self.volume_shape = tuple(volume_shape)
+        self.total: torch.Tensor | None = None  # summed class probabilities [C, *volume on the branch grid]
+        self.strides: list[int] = []
+
+    def add(self, window: Window, probabilities: torch.Tensor) -> None:
+        """Add one window's class probabilities ``[C, *branch grid]``."""
+        if self.total is None:
+            self.strides = [w // n for w, n in zip(window.size, probabilities.shape[1:], strict=True)]
+            grid = [-(-n // k) for n, k in zip(self.volume_shape, self.strides, strict=True)]
+            self.total = torch.zeros((probabilities.shape[0], *grid))
+        window.coarsened(self.strides).add_to_volume(self.total, probabilities)
+
+    def voxels(self) -> torch.Tensor:
+        """``FloatTensor [K]``: each organ's branch voxels (argmax of the summed probabilities), each counted as the
+        network-grid voxels it covers."""
+        if self.total is None:
+            raise ValueError("no window was added")
+        labels = self.total.max(dim=0).indices  # max().indices: argmax's labels, faster over the channel axis on CPU
+        counts = torch.bincount(labels.flatten(), minlength=self.total.shape[0])[1:]
+        return counts.float() * math.prod(self.strides)
 
 
 def segmentation_supported_presence(
@@ -136,9 +145,8 @@ def run_detector(
     that supports it best: the highest score, with a penalty for a box that a window border inside the volume cuts
     off. A network with a segmentation branch segments whenever its result is used: vouching for each organ's
     presence (``config.presence``: the organ's voxels, stitched on the branch's own grid) and, stitched on the
-    volume's grid, when asked for or refining the boxes (``config.refinement``). The model
-    is run in eval mode and its previous train/eval mode is restored afterwards, so validation during training can
-    use this same path.
+    volume's grid, when asked for or refining the boxes (``config.refinement``). The model is run in eval mode and its
+    previous train/eval mode is restored afterwards, so validation during training can use this same path.
     """
     shape = volume.network_shape
     windows = plan_windows(shape, config.preprocess.spatial_size, config.preprocess.window_overlap)
@@ -150,7 +158,7 @@ def run_detector(
     model.eval()
     per_window: list[list[tuple[float, DecodedOrgan]]] = []  # per window, per class: (rank, organ)
     seg_total = None
-    branch_probabilities: list[tuple[Window, torch.Tensor]] = []  # per window, for vouching
+    branch_voxels = BranchVoxelCounter(shape)
     try:
         for current in windows:
             outputs = _forward(model, current.extract(volume.image), device, stitch or vouching)
@@ -158,7 +166,7 @@ def run_detector(
             ranks = [o.score - (CUT_SCORE_PENALTY if current.cuts_box(o.box, shape) else 0.0) for o in organs]
             per_window.append(list(zip(ranks, _window_organs(organs, current, shape), strict=True)))
             if vouching:
-                branch_probabilities.append((current, outputs["seg_full_logits"][0].float().softmax(dim=0).cpu()))
+                branch_voxels.add(current, outputs["seg_full_logits"][0].float().softmax(dim=0).cpu())
             if stitch:
                 window_probabilities = _window_probabilities(outputs, current)
                 if seg_total is None:
@@ -175,7 +183,7 @@ def run_detector(
     labels = seg_total.max(dim=0).indices if seg_total is not None else None
     if vouching:
         min_voxels = [config.presence.min_segmented_voxels.get(name, 0) for name in config.class_names]
-        organ_voxels = branch_organ_voxels(branch_probabilities, shape).tolist()
+        organ_voxels = branch_voxels.voxels().tolist()
         presence = segmentation_supported_presence(head_presence, organ_voxels, min_voxels)
     if refine and labels is not None:
         organs = refine_boxes(organs, labels, config.refinement)
