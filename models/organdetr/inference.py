@@ -79,15 +79,19 @@ def _window_organs(organs: list[DecodedOrgan], window: Window, shape: Sequence[i
     ]
 
 
-def _window_probabilities(outputs: dict, window: Window) -> torch.Tensor:
-    """Segmentation of one window (the full-resolution branch, else the finest multiscale head) -> class
-    probabilities ``[C, *window.size]`` (CPU, float32)."""
+def _segmentation_probabilities(outputs: dict) -> torch.Tensor:
+    """Class probabilities ``[1, C, *grid]`` of one window on the segmentation's own grid (the full-resolution
+    branch's, else the finest multiscale head's), on the network's device."""
     logits = outputs.get("seg_full_logits")
     if logits is None:
         if not outputs.get("seg_logits"):
             raise UserInputError("this model has no segmentation heads; run it without segmentation output")
         logits = outputs["seg_logits"][0]
-    probabilities = logits.float().softmax(dim=1)
+    return logits.float().softmax(dim=1)
+
+
+def _on_window_grid(probabilities: torch.Tensor, window: Window) -> torch.Tensor:
+    """``[1, C, *grid]`` probabilities -> ``[C, *window.size]`` (trilinear where the grids differ; CPU)."""
     if tuple(probabilities.shape[2:]) != tuple(window.size):
         probabilities = F.interpolate(probabilities, size=window.size, mode="trilinear", align_corners=False)
     return probabilities[0].cpu()
@@ -165,10 +169,12 @@ def run_detector(
             organs = decode_detections(outputs, top_k=top_k)[0]
             ranks = [o.score - (CUT_SCORE_PENALTY if current.cuts_box(o.box, shape) else 0.0) for o in organs]
             per_window.append(list(zip(ranks, _window_organs(organs, current, shape), strict=True)))
+            if stitch or vouching:
+                probabilities = _segmentation_probabilities(outputs)
             if vouching:
-                branch_voxels.add(current, outputs["seg_full_logits"][0].float().softmax(dim=0).cpu())
+                branch_voxels.add(current, probabilities[0].cpu())
             if stitch:
-                window_probabilities = _window_probabilities(outputs, current)
+                window_probabilities = _on_window_grid(probabilities, current)
                 if seg_total is None:
                     seg_total = torch.zeros((window_probabilities.shape[0], *shape))
                 current.add_to_volume(seg_total, window_probabilities)
