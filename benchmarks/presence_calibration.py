@@ -28,6 +28,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 import torch
+from organdetr.inference import segmentation_supported_presence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
 from presence_cuts import CUTS, cut_case, presence_truth
@@ -58,10 +59,9 @@ class Rule:
     present_missed: int
 
 
-def vouched(observation: Observation, needed: float, threshold: float) -> bool:
-    """Whether the organ is judged present: head probability scaled by its share of ``needed`` voxels."""
-    share = min(1.0, observation.voxels / needed) if needed > 0 else 1.0
-    return observation.head * share >= threshold
+def vouched(observation: Observation, needed: int, threshold: float) -> bool:
+    """Whether the organ is judged present under the inference path's rule with ``needed`` voxels (0: head alone)."""
+    return segmentation_supported_presence([observation.head], [observation.voxels], [needed])[0] >= threshold
 
 
 def choose_rule(
@@ -80,8 +80,8 @@ def choose_rule(
         table = {
             organ: [
                 (
-                    sum(vouched(o, f * median_voxels[organ], threshold) for o in group if not o.present),
-                    sum(not vouched(o, f * median_voxels[organ], threshold) for o in group if o.present),
+                    sum(vouched(o, round(f * median_voxels[organ]), threshold) for o in group if not o.present),
+                    sum(not vouched(o, round(f * median_voxels[organ]), threshold) for o in group if o.present),
                 )
                 for f in fractions
             ]
