@@ -58,8 +58,9 @@ def main() -> None:
     device = select_device(args.device)
     config = preset_config(args.preset)
     preprocess = replace(config.preprocess, spatial_size=(args.size,) * 3)
-    image = preprocess_image(sitk.ReadImage(str(CASE / "ct.nii.gz")), preprocess).image
-    label_map = preprocess_label(sitk.ReadImage(str(CASE / "oar_label.nii.gz")), preprocess)
+    volume = preprocess_image(sitk.ReadImage(str(CASE / "ct.nii.gz")), preprocess)
+    image = volume.image
+    label_map = preprocess_label(sitk.ReadImage(str(CASE / "oar_label.nii.gz")), preprocess, volume.grid)
     labels, boxes = boxes_from_label_map(label_map, config.model.num_classes)
     target = {"labels": labels, "boxes": boxes, "label_map": label_map}
     targets = [{key: value.to(device) for key, value in target.items()} for _ in range(args.batch_size)]

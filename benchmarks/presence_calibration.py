@@ -120,7 +120,8 @@ def collect(model_dir: str | None, data: Path, cases: int) -> tuple[list[Observa
     records = load_dataset_json(data, ("training",)).splits["training"]
     volumes: dict[str, list[int]] = {n: [] for n in names}
     for record in records:
-        label_map = preprocess_label(sitk.ReadImage(str(record.label)), config.preprocess)
+        grid = preprocess_image(sitk.ReadImage(str(record.image)), config.preprocess).grid
+        label_map = preprocess_label(sitk.ReadImage(str(record.label)), config.preprocess, grid)
         counts = torch.bincount(label_map.flatten(), minlength=len(names) + 1)[1:].tolist()
         for name, count in zip(names, counts, strict=True):
             if name in record.annotated and count > 0:

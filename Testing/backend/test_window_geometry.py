@@ -9,6 +9,7 @@ half an original voxel, for every orientation and for windows smaller and larger
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,11 +18,11 @@ import torch
 from organdetr.box_ops import boxes_from_label_map
 from organdetr.config import PreprocessConfig
 from organdetr.preprocess import preprocess_image, preprocess_label
-from organdetr.windows import Window, axis_starts, plan_windows
+from organdetr.windows import Window, axis_starts, fit_to_windows, plan_windows, window_count
 from organdetr_backend.geometry import network_box_to_image, physical_box_corners
 from test_geometry import FLOAT_TOLERANCE_MM, _axis_interval, _ijk, _label_box_corners, cases  # noqa: F401
 
-WINDOW_SIZES = {"smaller than the volume": 0.6, "larger than the volume": 1.5}
+WINDOW_SIZES = {"smaller than the volume": 0.6, "larger than the volume": 1.5, "larger, scan cropped to the body": 1.5}
 
 
 def _native_spacing_config(image: sitk.Image, window_factor: float) -> PreprocessConfig:
@@ -36,10 +37,19 @@ def _native_spacing_config(image: sitk.Image, window_factor: float) -> Preproces
 @pytest.mark.parametrize("window_kind", list(WINDOW_SIZES))
 def test_window_boxes_land_on_label_boxes(cases, case_name, window_kind):  # noqa: F811
     case = cases[case_name]
+    cropped = window_kind == "larger, scan cropped to the body"
+    if cropped:  # air around the scan, which the crop must take off again
+        pad = ([6, 4, 3], [2, 5, 7])
+        case = type(case)(sitk.ConstantPad(case.image, *pad, -1000.0), sitk.ConstantPad(case.label, *pad, 0))
     config = _native_spacing_config(case.image, WINDOW_SIZES[window_kind])
+    if cropped:
+        config = replace(config, body_hu_threshold=-300.0, body_margin_mm=0.0)
     volume = preprocess_image(case.image, config)
-    network_labels = preprocess_label(case.label, config)
-    assert network_labels.shape == volume.network_shape == tuple(sitk.DICOMOrient(case.image, "LPS").GetSize())
+    network_labels = preprocess_label(case.label, config, volume.grid)
+    oriented_size = np.array(sitk.DICOMOrient(case.image, "LPS").GetSize())
+    assert network_labels.shape == volume.network_shape
+    shape = np.array(volume.network_shape)
+    assert np.all(shape < oriented_size) if cropped else np.all(shape == oriented_size)
     windows = plan_windows(volume.network_shape, config.spatial_size, config.window_overlap)
     assert (len(windows) > 1) == (window_kind == "smaller than the volume")
     label_ijk = _ijk(case.label)
@@ -55,7 +65,7 @@ def test_window_boxes_land_on_label_boxes(cases, case_name, window_kind):  # noq
             organ = class_index + 1
             if (labels == organ).sum() != (labels[in_volume] == organ).sum():
                 continue  # a part of the organ lies outside this window: its box here is a partial one
-            assert not window.cuts_box(window_box, volume.network_shape) or window_kind != "larger than the volume"
+            assert not window.cuts_box(window_box, volume.network_shape) or window_kind == "smaller than the volume"
             box, bounds = network_box_to_image(
                 window.box_to_volume(window_box, volume.network_shape).numpy(),
                 volume.network_shape,
@@ -71,7 +81,7 @@ def test_window_boxes_land_on_label_boxes(cases, case_name, window_kind):  # noq
             assert np.all(np.abs(ours_lo - ref_lo) <= tolerance) and np.all(np.abs(ours_hi - ref_hi) <= tolerance)
             checked.add(organ)
     organs = set(np.unique(label_ijk).tolist()) - {0}
-    if window_kind == "larger than the volume":
+    if window_kind != "smaller than the volume":
         assert checked == organs
     else:
         assert len(checked) >= min(5, len(organs)), (checked, organs)  # the others span two windows
@@ -83,6 +93,26 @@ def test_windows_tile_the_volume_edge_to_edge():
     starts = axis_starts(300, 128, 0.25)
     assert starts[0] == 0 and starts[-1] + 128 == 300
     assert all(0 < b - a <= 96 for a, b in itertools.pairwise(starts))  # overlap >= 25 %
+
+
+def test_an_axis_a_little_longer_than_whole_windows_is_fitted_to_them():
+    # 128-voxel windows, stride 96: one window covers 128, two 224, three 320.
+    assert [fit_to_windows(n, 128, 0.25, 0.05) for n in (100, 128, 133, 134, 135, 224, 230, 235, 236)] == [
+        100,
+        128,
+        128,
+        128,
+        135,
+        224,
+        224,
+        224,
+        236,
+    ]
+    assert all(
+        window_count(fit_to_windows(n, 128, 0.25, 0.05), 128, 0.25) == len(axis_starts(n, 128, 0.25)) - 1
+        for n in (133, 230)
+    )
+    assert fit_to_windows(133, 128, 0.25, 0.0) == 133  # off
 
 
 def test_window_extract_pads_with_air_and_adds_back_in_place():

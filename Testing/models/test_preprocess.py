@@ -12,7 +12,14 @@ import torch.nn.functional as F
 from organdetr.config import DetectorConfig, PreprocessConfig
 from organdetr.dataset import network_spacing_mm
 from organdetr.image_geometry import index_to_physical_matrix
-from organdetr.preprocess import _antialias, _reorient, network_grid_shape, preprocess_image, preprocess_label
+from organdetr.preprocess import (
+    _antialias,
+    _reorient,
+    network_grid_shape,
+    network_to_physical_matrix,
+    preprocess_image,
+    preprocess_label,
+)
 
 
 def _image(size: tuple[int, int, int], spacing: tuple[float, float, float], values: np.ndarray | None = None):
@@ -69,6 +76,49 @@ def test_extra_hu_windows_are_further_channels():
     np.testing.assert_allclose(volume.image[1, 0, 0].numpy(), [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-6)
     with pytest.raises(ValueError, match="2 input channels"):
         DetectorConfig(preprocess=config)
+
+
+def test_body_crop_keeps_the_body_and_its_margin_and_the_labels_follow():
+    # Air with a 0 HU "body" at numpy (k, j, i) [10:20, 30:50, 8:40] of a 1 mm grid; RAS, so i and j flip to LPS.
+    values = np.full((40, 64, 48), -1000, dtype=np.int16)
+    values[10:20, 30:50, 8:40] = 0
+    labels = np.zeros(values.shape, dtype=np.uint8)
+    labels[12:18, 35:45, 10:30] = 3
+    image, label = _image((48, 64, 40), (1.0, 1.0, 1.0), values), _image((48, 64, 40), (1.0, 1.0, 1.0), labels)
+    config = PreprocessConfig(
+        target_spacing_mm=(2.0, 2.0, 1.0), spatial_size=(32, 32, 32), body_hu_threshold=-500.0, body_margin_mm=4.0
+    )
+    volume = preprocess_image(image, config)
+    # LPS index (i, j, k) of the body: i flipped 47-39..47-8 = 8..39, j flipped 63-49..63-30 = 14..33, k 10..19;
+    # plus 4 mm, at most one coarse step more (the search samples every 2nd voxel in i and j).
+    lo_mm, hi_mm = np.array([8, 14, 10]) - 4, np.array([40, 34, 20]) + 4
+    crop_lo = np.array([part.start for part in volume.grid.crop[::-1]])
+    crop_hi = np.array([part.stop for part in volume.grid.crop[::-1]])
+    search_step = np.array([2, 2, 1])
+    assert np.all(crop_lo <= lo_mm) and np.all(crop_lo >= lo_mm - search_step)
+    assert np.all(crop_hi >= hi_mm) and np.all(crop_hi <= hi_mm + search_step)
+    assert volume.network_shape == tuple(round(float(n)) for n in (crop_hi - crop_lo) / [2.0, 2.0, 1.0])
+    # The geometry still maps every network voxel onto the physical point of the original voxels it came from.
+    centre = np.array([23.5, 23.5, 14.5, 1.0])  # an original continuous index (i, j, k) inside the body
+    network = volume.index_to_network @ centre
+    physical = network_to_physical_matrix(image, volume.index_to_network) @ network
+    np.testing.assert_allclose(physical, index_to_physical_matrix(image) @ centre, atol=1e-9)
+    # Labels must be put on the image's grid: required when cropping, and then aligned with the image.
+    with pytest.raises(ValueError, match="grid"):
+        preprocess_label(label, config)
+    network_labels = preprocess_label(label, config, volume.grid)
+    assert network_labels.shape == volume.network_shape
+    assert float(volume.image[0][network_labels == 3].min()) == pytest.approx(0.5, abs=1e-6)  # 0 HU everywhere
+    assert int((network_labels == 3).sum()) == 10 * 5 * 6  # 20x10x6 mm on 2x2x1 mm voxels
+
+
+def test_body_crop_leaves_a_scan_without_body_whole():
+    config = PreprocessConfig(target_spacing_mm=(2.0, 2.0, 2.0), body_hu_threshold=-500.0)
+    assert preprocess_image(_image((16, 16, 8), (1.0, 1.0, 2.0)), config).network_shape == (8, 8, 8)
+    air = _image((16, 16, 8), (1.0, 1.0, 2.0), np.full((8, 16, 16), -1000, dtype=np.int16))
+    assert preprocess_image(air, config).network_shape == (8, 8, 8)
+    with pytest.raises(ValueError, match="window_fit_zoom"):
+        DetectorConfig(preprocess=PreprocessConfig(window_fit_zoom=0.3))
 
 
 def _rotation(axis: int, degrees: float) -> np.ndarray:

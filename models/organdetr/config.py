@@ -164,6 +164,14 @@ class PreprocessConfig:
     target_spacing_mm: tuple[float, float, float] | None = None
     # Fraction of the window shared by neighbouring windows along an axis.
     window_overlap: float = 0.25
+    # Crop each scan to its body before windowing (physical-space contract only): the bounding box of the voxels at or
+    # above this HU, grown by ``body_margin_mm``; None = no crop. The air around a body holds no organ, and a 500 mm
+    # reconstruction circle around a 200 mm neck would cost four windows in-plane instead of one.
+    body_hu_threshold: float | None = None
+    body_margin_mm: float = 20.0
+    # An axis at most this fraction longer than what one window fewer covers is resampled that much coarser instead
+    # of getting a further window (keep it within the training zoom, AugmentConfig.zoom); 0 = never.
+    window_fit_zoom: float = 0.0
 
 
 @dataclass
@@ -307,6 +315,8 @@ class DetectorConfig:
             unknown = set(organs) - set(self.class_names)
             if unknown:
                 raise ValueError(f"{what} names organs the model does not have: {sorted(unknown)}")
+        if not 0.0 <= self.preprocess.window_fit_zoom < 0.25 or not self.preprocess.body_margin_mm >= 0.0:
+            raise ValueError("preprocess.window_fit_zoom must be in [0, 0.25) and body_margin_mm >= 0")
         if any(not weight > 0 for weight in self.loss.seg_class_weights.values()):
             raise ValueError(f"loss.seg_class_weights must be positive, got {self.loss.seg_class_weights}")
 

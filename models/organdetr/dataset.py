@@ -221,7 +221,7 @@ def preprocess_case(record: CaseRecord, class_names: Sequence[str], config: Prep
     if differences:  # a shifted or resampled label map would train misplaced boxes without a word
         raise UserInputError(f"{record.name}: the label map's grid differs from the image's ({'; '.join(differences)})")
     volume = preprocess_image(image, config)
-    label_map = preprocess_label(label, config)
+    label_map = preprocess_label(label, config, volume.grid)
     num_classes = len(class_names)
     if int(label_map.min()) < 0 or int(label_map.max()) > num_classes:
         raise UserInputError(f"{record.name}: label values outside 0..{num_classes} in {record.label}")

@@ -1,9 +1,10 @@
 """Deterministic preprocessing shared by training and inference.
 
 ``image (any orientation, spacing, size) -> reorient to PreprocessConfig.orientation (exact axis permutation
-and flips) -> resample to PreprocessConfig.target_spacing_mm (box-filter anti-aliasing where it shrinks, then
-trilinear, half-voxel aligned) -> clip and scale HU``. The result has the scan's own physical extent; cutting it
-into network windows is :mod:`organdetr.windows`' job. Legacy configs (no target spacing) resize to
+and flips) -> crop to the body (optional) -> resample to PreprocessConfig.target_spacing_mm (box-filter
+anti-aliasing where it shrinks, then trilinear, half-voxel aligned; an axis a little longer than whole windows a
+little coarser) -> clip and scale HU``. The result has the scan's own physical extent; cutting it into network
+windows is :mod:`organdetr.windows`' job. Legacy configs (no target spacing) resize to
 ``spatial_size`` instead.
 
 Alongside the network input it returns the affine that maps a continuous ITK index of the ORIGINAL image to a
@@ -13,6 +14,7 @@ the original image exactly, with no resampling of boxes through world space.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,9 +24,19 @@ import torch.nn.functional as F
 
 from .config import PreprocessConfig
 from .image_geometry import index_to_physical_matrix
+from .windows import fit_to_windows
 
 # A grid shrunk by at least this factor along an axis is box-filtered to its output size first.
 ANTIALIAS_MIN_FACTOR = 1.25
+
+
+@dataclass(frozen=True)
+class NetworkGrid:
+    """Where a scan's network grid lies: the reoriented voxels it covers and its shape. A label map is put on the
+    grid of its image (:func:`preprocess_label`), which the body crop makes depend on the image's voxels."""
+
+    crop: tuple[slice, slice, slice]  # of the reoriented voxels, numpy order (k, j, i)
+    shape: tuple[int, int, int]  # network grid (i, j, k)
 
 
 @dataclass
@@ -33,6 +45,7 @@ class PreprocessedVolume:
 
     image: torch.Tensor  # [C, D0, D1, D2] float32, axes = ITK index axes (i, j, k) after reorientation
     index_to_network: np.ndarray  # 4x4: original continuous index (i, j, k, 1) -> network continuous index
+    grid: NetworkGrid | None = None  # set by preprocess_image; volumes rebuilt from a cache need none
 
     @property
     def network_shape(self) -> tuple[int, int, int]:
@@ -93,7 +106,32 @@ def network_grid_shape(in_shape: tuple[int, ...], spacing: tuple[float, ...], co
     if config.target_spacing_mm is None:
         return tuple(config.spatial_size)
     extent = np.asarray(in_shape, dtype=np.float64) * np.asarray(spacing, dtype=np.float64)
-    return tuple(max(1, round(float(v))) for v in extent / np.asarray(config.target_spacing_mm, dtype=np.float64))
+    lengths = [max(1, round(float(v))) for v in extent / np.asarray(config.target_spacing_mm, dtype=np.float64)]
+    return tuple(
+        fit_to_windows(n, w, config.window_overlap, config.window_fit_zoom)
+        for n, w in zip(lengths, config.spatial_size, strict=True)
+    )
+
+
+def _body_crop(view: np.ndarray, spacing: tuple[float, ...], config: PreprocessConfig) -> tuple[slice, slice, slice]:
+    """The reoriented voxels (numpy order) within ``body_margin_mm`` of the bounding box of the voxels at or above
+    ``body_hu_threshold``, looked for on a grid about as coarse as the network's (one voxel in ``step``); the whole
+    scan when cropping is off or no voxel is that dense."""
+    whole = (slice(0, view.shape[0]), slice(0, view.shape[1]), slice(0, view.shape[2]))
+    if config.body_hu_threshold is None or config.target_spacing_mm is None:
+        return whole
+    spacing_kji = spacing[::-1]
+    steps = [max(1, int(t // s)) for t, s in zip(config.target_spacing_mm[::-1], spacing_kji, strict=True)]
+    body = view[:: steps[0], :: steps[1], :: steps[2]] >= config.body_hu_threshold
+    if not body.any():
+        return whole
+    crop = []
+    for axis, (length, step, voxel_mm) in enumerate(zip(view.shape, steps, spacing_kji, strict=True)):
+        hits = np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis)))
+        # A sampled voxel stands for the step-1 unsampled ones on either side of it.
+        margin = math.ceil(config.body_margin_mm / voxel_mm)
+        crop.append(slice(max(0, (hits[0] - 1) * step - margin), min(length, (hits[-1] + 1) * step + margin)))
+    return tuple(crop)  # type: ignore[return-value]
 
 
 def _antialias(array: torch.Tensor, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> torch.Tensor:
@@ -112,6 +150,8 @@ def preprocess_image(image: sitk.Image, config: PreprocessConfig) -> Preprocesse
     """CT image -> network input ``[C, D0, D1, D2]`` in ``[0, 1]`` plus the index affine (channel 0: the main HU
     window; then one channel per ``extra_hu_windows``)."""
     view, spacing, reorient_map = _reorient(image, config.orientation)
+    crop = _body_crop(view, spacing, config)
+    view = view[crop]
     in_shape = view.shape[::-1]  # (i, j, k)
     out_shape = network_grid_shape(in_shape, spacing, config)
     low, high = config.intensity_min, config.intensity_max
@@ -126,15 +166,23 @@ def preprocess_image(image: sitk.Image, config: PreprocessConfig) -> Preprocesse
     resized = _to_ijk(F.interpolate(clipped, size=out_shape[::-1], mode="trilinear", align_corners=False)[0])
     windows = [(low, high), *config.extra_hu_windows]
     scaled = torch.cat([(resized.clamp(lo, hi) - lo) / (hi - lo) for lo, hi in windows])
-    index_map = _resize_matrix(in_shape, out_shape) @ reorient_map
-    return PreprocessedVolume(image=scaled, index_to_network=index_map)
+    to_crop = np.eye(4)
+    to_crop[:3, 3] = [-part.start for part in crop[::-1]]
+    index_map = _resize_matrix(in_shape, out_shape) @ to_crop @ reorient_map
+    return PreprocessedVolume(image=scaled, index_to_network=index_map, grid=NetworkGrid(crop, out_shape))
 
 
-def preprocess_label(label: sitk.Image, config: PreprocessConfig) -> torch.Tensor:
-    """Integer label map -> ``[D0, D1, D2]`` long tensor on the network grid (nearest, half-voxel aligned)."""
+def preprocess_label(label: sitk.Image, config: PreprocessConfig, grid: NetworkGrid | None = None) -> torch.Tensor:
+    """Integer label map -> ``[D0, D1, D2]`` long tensor on the network grid (nearest, half-voxel aligned): its
+    image's ``grid`` (``PreprocessedVolume.grid``, required when the preprocessing crops to the body), else the
+    label map's own uncropped grid."""
     view, spacing, _ = _reorient(label, config.orientation)
-    out_shape = network_grid_shape(view.shape[::-1], spacing, config)
+    if grid is None:
+        if config.body_hu_threshold is not None and config.target_spacing_mm is not None:
+            raise ValueError("this preprocessing crops scans to the body: pass the image's grid")
+        whole = (slice(0, view.shape[0]), slice(0, view.shape[1]), slice(0, view.shape[2]))
+        grid = NetworkGrid(whole, network_grid_shape(view.shape[::-1], spacing, config))
     resized = F.interpolate(
-        torch.from_numpy(_float32_copy(view))[None, None], size=out_shape[::-1], mode="nearest-exact"
+        torch.from_numpy(_float32_copy(view[grid.crop]))[None, None], size=grid.shape[::-1], mode="nearest-exact"
     )
     return _to_ijk(resized[0, 0].round().long())

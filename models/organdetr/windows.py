@@ -20,12 +20,30 @@ import torch
 CUT_EDGE_VOXELS = 1.0
 
 
+def _stride(window: int, overlap: float) -> int:
+    return max(1, int(window * (1.0 - overlap)))
+
+
+def window_count(length: int, window: int, overlap: float) -> int:
+    """How many windows cover ``length`` voxels along one axis."""
+    return 1 if length <= window else math.ceil((length - window) / _stride(window, overlap)) + 1
+
+
+def fit_to_windows(length: int, window: int, overlap: float, zoom: float) -> int:
+    """``length``, or the length one window fewer covers when ``length`` is at most ``zoom`` (a fraction) longer
+    than that: a scan a few slices longer than a window is resampled slightly coarser instead of costing a window."""
+    count = window_count(length, window, overlap)
+    if count == 1 or zoom <= 0:
+        return length
+    fewer = window + (count - 2) * _stride(window, overlap)
+    return fewer if length <= fewer * (1.0 + zoom) else length
+
+
 def axis_starts(length: int, window: int, overlap: float) -> list[int]:
     """Start indices of the windows along one axis (negative: the window begins in the padding)."""
     if length <= window:
         return [-((window - length) // 2)]
-    stride = max(1, int(window * (1.0 - overlap)))
-    count = math.ceil((length - window) / stride) + 1
+    count = window_count(length, window, overlap)
     # Spread the windows evenly so that the last one ends exactly at the volume's end.
     return [round(i * (length - window) / (count - 1)) for i in range(count)]
 
