@@ -106,6 +106,20 @@ def test_network_grid_label_map_maps_back_exactly(head_neck_case, degrees: float
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(label))
 
 
+def test_label_map_of_a_scan_cropped_to_the_body_maps_back_exactly(head_neck_case) -> None:
+    """With the crop to the body the network grid covers part of the scan: the organs (inside the body) come back
+    exactly where they were, and the voxels outside the crop are background."""
+    ct_path, label_path = head_neck_case
+    image, label = sitk.ReadImage(str(ct_path)), sitk.ReadImage(str(label_path))
+    native = sitk.DICOMOrient(image, "LPS").GetSpacing()
+    config = PreprocessConfig(target_spacing_mm=native, body_hu_threshold=-500.0, body_margin_mm=10.0)
+    volume = preprocess_image(image, config)
+    assert np.prod(volume.network_shape) < 0.6 * np.prod(image.GetSize())  # the crop took off most of the air
+    back = network_grid_to_image(preprocess_label(label, config, volume.grid), volume, label)
+    assert _same_geometry(back, label)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(label))
+
+
 def test_network_grid_label_map_at_lower_resolution_is_a_nearest_lookup(head_neck_case) -> None:
     """Each input voxel takes the label of the network voxel nearest to it through ``index_to_network``."""
     _, label_path = head_neck_case

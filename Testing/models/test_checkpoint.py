@@ -122,7 +122,8 @@ def test_shipped_default_model_finds_every_organ_of_the_bundled_ct(head_neck_cas
     assert shipped.config.class_names == DetectorConfig().class_names
     preprocess = shipped.config.preprocess
     volume = preprocess_image(sitk.ReadImage(str(ct_path)), preprocess)
-    classes, boxes = boxes_from_label_map(preprocess_label(sitk.ReadImage(str(label_path)), preprocess).numpy(), 7)
+    label_map = preprocess_label(sitk.ReadImage(str(label_path)), preprocess, volume.grid)
+    classes, boxes = boxes_from_label_map(label_map.numpy(), 7)
     organs = run_detector(shipped.model, volume, torch.device("cpu"), shipped.config).organs
     ious = {
         shipped.config.class_names[organ.class_index]: float(
