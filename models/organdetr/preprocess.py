@@ -113,11 +113,15 @@ def network_grid_shape(in_shape: tuple[int, ...], spacing: tuple[float, ...], co
     )
 
 
+def _uncropped(shape: tuple[int, ...]) -> tuple[slice, slice, slice]:
+    return (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
+
+
 def _body_crop(view: np.ndarray, spacing: tuple[float, ...], config: PreprocessConfig) -> tuple[slice, slice, slice]:
     """The reoriented voxels (numpy order) within ``body_margin_mm`` of the bounding box of the voxels at or above
-    ``body_hu_threshold``, looked for on a grid about as coarse as the network's (one voxel in ``step``); the whole
-    scan when cropping is off or no voxel is that dense."""
-    whole = (slice(0, view.shape[0]), slice(0, view.shape[1]), slice(0, view.shape[2]))
+    ``body_hu_threshold``, searched on every ``step``-th voxel (about the network's spacing: cheap on a full-size
+    CT); the whole scan when cropping is off or no voxel is that dense."""
+    whole = _uncropped(view.shape)
     if config.body_hu_threshold is None or config.target_spacing_mm is None:
         return whole
     spacing_kji = spacing[::-1]
@@ -180,8 +184,7 @@ def preprocess_label(label: sitk.Image, config: PreprocessConfig, grid: NetworkG
     if grid is None:
         if config.body_hu_threshold is not None and config.target_spacing_mm is not None:
             raise ValueError("this preprocessing crops scans to the body: pass the image's grid")
-        whole = (slice(0, view.shape[0]), slice(0, view.shape[1]), slice(0, view.shape[2]))
-        grid = NetworkGrid(whole, network_grid_shape(view.shape[::-1], spacing, config))
+        grid = NetworkGrid(_uncropped(view.shape), network_grid_shape(view.shape[::-1], spacing, config))
     resized = F.interpolate(
         torch.from_numpy(_float32_copy(view[grid.crop]))[None, None], size=grid.shape[::-1], mode="nearest-exact"
     )
