@@ -15,10 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 from openkbp_dataset import CLASS_NAMES, write_dataset_json
-from organdetr.config import DetectorConfig, SegmentationBranchConfig
+from organdetr.config import (
+    NEW_RUN_BODY_HU_THRESHOLD,
+    NEW_RUN_WINDOW_FIT_ZOOM,
+    DetectorConfig,
+    SegmentationBranchConfig,
+)
+from organdetr.dataset import load_dataset_json
 from organdetr.errors import UserInputError
 from organdetr.optimizer import FINAL_LR_FRACTION, lr_factor
-from organdetr.run_config import ConfigChoices
+from organdetr.run_config import ConfigChoices, new_run_config
 from organdetr.run_options import RunOptions
 from organdetr.train import add_arguments
 from organdetr_backend.cli import main
@@ -53,6 +59,19 @@ def test_every_option_reaches_the_run_options_or_the_config_choices() -> None:
     assert not run_fields & config_fields
     assert options == run_fields | config_fields
     assert {"presence_levels", "train_only"} <= config_fields
+
+
+def test_new_physical_space_runs_crop_to_the_body_and_fit_windows(setup) -> None:
+    """A new run from a preset gets the shipped model's preprocessing contract; a legacy run and a given config keep
+    theirs (configs written before the crop existed must not change meaning)."""
+    description = load_dataset_json(setup[0])
+    fresh = new_run_config(ConfigChoices(), "run", description).preprocess
+    assert fresh.target_spacing_mm is not None
+    assert (fresh.body_hu_threshold, fresh.window_fit_zoom) == (NEW_RUN_BODY_HU_THRESHOLD, NEW_RUN_WINDOW_FIT_ZOOM)
+    legacy = new_run_config(ConfigChoices(target_spacing=["none"]), "run", description).preprocess
+    assert (legacy.target_spacing_mm, legacy.body_hu_threshold, legacy.window_fit_zoom) == (None, None, 0.0)
+    given = new_run_config(ConfigChoices(config=setup[1]), "run", description).preprocess
+    assert given == DetectorConfig.from_json_file(setup[1]).preprocess
 
 
 @pytest.mark.parametrize(

@@ -174,6 +174,13 @@ class PreprocessConfig:
     window_fit_zoom: float = 0.0
 
 
+# New physical-space runs from a preset crop scans to the body and fit axes to whole windows, as the shipped model
+# does since 2.3.1. The dataclass defaults stay "off", so that configs written before (no such keys) keep behaving
+# as they were trained.
+NEW_RUN_BODY_HU_THRESHOLD = -500.0
+NEW_RUN_WINDOW_FIT_ZOOM = 0.05
+
+
 @dataclass
 class PresenceConfig:
     """When an organ counts as present in a scan: its presence probability (the presence head's, else the best

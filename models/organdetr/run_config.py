@@ -11,7 +11,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import DetectorConfig, PreprocessConfig, preset_config
+from .config import (
+    NEW_RUN_BODY_HU_THRESHOLD,
+    NEW_RUN_WINDOW_FIT_ZOOM,
+    DetectorConfig,
+    PreprocessConfig,
+    preset_config,
+)
 from .errors import UserInputError
 
 if TYPE_CHECKING:
@@ -105,10 +111,15 @@ def new_run_config(
     if choices.spatial_size is not None:
         preprocess = replace(preprocess, spatial_size=tuple(choices.spatial_size))
     target_spacing = choices.target_spacing
-    if target_spacing is None and initial is None and choices.config is None:
+    from_preset = initial is None and choices.config is None
+    if target_spacing is None and from_preset:
         target_spacing = ["auto"]
     if target_spacing is not None:
         preprocess = replace(preprocess, target_spacing_mm=_target_spacing(target_spacing, description, preprocess))
+    if from_preset and preprocess.target_spacing_mm is not None:
+        preprocess = replace(
+            preprocess, body_hu_threshold=NEW_RUN_BODY_HU_THRESHOLD, window_fit_zoom=NEW_RUN_WINDOW_FIT_ZOOM
+        )
     model = config.model
     if choices.no_msa:
         model = replace(model, msa=replace(model.msa, enabled=False))
