@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--include-absent", action="store_true", help="also give a box for organs judged absent (present=false)"
     )
-    parser.add_argument("--seg-preview", help="write the segmentation heads' label map (.nii.gz, .nrrd, or a folder)")
+    parser.add_argument("--seg-preview", help="write the segmentation preview (label map: .nii.gz, .nrrd, or a folder)")
     parser.add_argument("--overlay", help="write a quick-look PNG with the boxes on the CT (.png, or a folder)")
     parser.add_argument("--series-uid", help="DICOM SeriesInstanceUID to use when a folder holds several series")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")

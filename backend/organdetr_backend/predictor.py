@@ -47,7 +47,7 @@ class JobCancelled(Exception):
 
 @dataclass
 class Prediction:
-    """A detection result and, on request, the segmentation heads' label map in the input image's geometry."""
+    """A detection result and, on request, the segmentation preview's label map in the input image's geometry."""
 
     result: DetectionResult
     segmentation: sitk.Image | None = None  # values = class_id (label values), 0 = background

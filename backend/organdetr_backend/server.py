@@ -95,7 +95,7 @@ class DetectOptions(BaseModel):
         DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, description="boxes per organ: the best one and top_k - 1 candidates"
     )
     segmentation: bool = Field(
-        False, description="also compute the segmentation heads' label map (GET /v1/jobs/{job_id}/segmentation)"
+        False, description="also compute the segmentation preview's label map (GET /v1/jobs/{job_id}/segmentation)"
     )
     series_uid: str | None = Field(
         None, description="DICOM SeriesInstanceUID to use when the uploaded .zip holds several series"
