@@ -105,9 +105,9 @@ def choose_rule(
 def collect(model_dir: str | None, data: Path, cases: int) -> tuple[list[Observation], dict[str, float], object]:
     """Observations on the cut training scans and the organs' median voxel counts on the network grid."""
     from organdetr.checkpoint import load_checkpoint
-    from organdetr.dataset import load_dataset_json
+    from organdetr.dataset import load_dataset_json, preprocess_case
     from organdetr.inference import run_detector
-    from organdetr.preprocess import preprocess_image, preprocess_label
+    from organdetr.preprocess import preprocess_image
 
     loaded = load_checkpoint(model_dir)
     config = loaded.config
@@ -120,8 +120,7 @@ def collect(model_dir: str | None, data: Path, cases: int) -> tuple[list[Observa
     records = load_dataset_json(data, ("training",)).splits["training"]
     volumes: dict[str, list[int]] = {n: [] for n in names}
     for record in records:
-        grid = preprocess_image(sitk.ReadImage(str(record.image)), config.preprocess).grid
-        label_map = preprocess_label(sitk.ReadImage(str(record.label)), config.preprocess, grid)
+        label_map = preprocess_case(record, names, config.preprocess).label_map
         counts = torch.bincount(label_map.flatten(), minlength=len(names) + 1)[1:].tolist()
         for name, count in zip(names, counts, strict=True):
             if name in record.annotated and count > 0:

@@ -173,6 +173,11 @@ class PreprocessConfig:
     # of getting a further window (keep it within the training zoom, AugmentConfig.zoom); 0 = never.
     window_fit_zoom: float = 0.0
 
+    @property
+    def crops_to_body(self) -> bool:
+        """Whether scans are cropped to the body (only under the physical-space contract)."""
+        return self.body_hu_threshold is not None and self.target_spacing_mm is not None
+
 
 # New physical-space runs from a preset crop scans to the body and fit axes to whole windows, as the shipped model
 # does since 2.3.1. The dataclass defaults stay "off", so that configs written before (no such keys) keep behaving

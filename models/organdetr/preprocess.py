@@ -122,7 +122,7 @@ def _body_crop(view: np.ndarray, spacing: tuple[float, ...], config: PreprocessC
     ``body_hu_threshold``, searched on every ``step``-th voxel (about the network's spacing: cheap on a full-size
     CT); the whole scan when cropping is off or no voxel is that dense."""
     whole = _uncropped(view.shape)
-    if config.body_hu_threshold is None or config.target_spacing_mm is None:
+    if not config.crops_to_body:
         return whole
     spacing_kji = spacing[::-1]
     steps = [max(1, int(t // s)) for t, s in zip(config.target_spacing_mm[::-1], spacing_kji, strict=True)]
@@ -182,7 +182,7 @@ def preprocess_label(label: sitk.Image, config: PreprocessConfig, grid: NetworkG
     label map's own uncropped grid."""
     view, spacing, _ = _reorient(label, config.orientation)
     if grid is None:
-        if config.body_hu_threshold is not None and config.target_spacing_mm is not None:
+        if config.crops_to_body:
             raise ValueError("this preprocessing crops scans to the body: pass the image's grid")
         grid = NetworkGrid(_uncropped(view.shape), network_grid_shape(view.shape[::-1], spacing, config))
     resized = F.interpolate(
