@@ -33,7 +33,7 @@ def _random_loss(outputs: dict, generator: torch.Generator) -> torch.Tensor:
             [layer["pred_quality"]] if "pred_quality" in layer else []
         )
     tensors += outputs.get("seg_logits", [])
-    tensors += [outputs[key] for key in ("seg_full_logits", "pred_presence") if key in outputs]
+    tensors += [outputs[key] for key in ("seg_full_logits", "seg_fine_logits", "pred_presence") if key in outputs]
     return sum((t * torch.randn(t.shape, generator=generator)).sum() for t in tensors)
 
 
@@ -304,8 +304,8 @@ def test_decoder_config_without_refinement_shares_box_head():
     assert len(model.decoder.box_heads) == 1
 
 
-@pytest.mark.parametrize(("output_stride", "grid"), [(1, (64, 32, 32)), (2, (32, 16, 16))])
-def test_segmentation_branch_and_quality_head_shapes(output_stride, grid):
+@pytest.mark.parametrize("output_stride", [1, 2])
+def test_segmentation_branch_and_quality_head_shapes(output_stride):
     torch.manual_seed(0)
     branch = SegmentationBranchConfig(enabled=True, output_stride=output_stride)
     config = dataclasses.replace(_small(), segmentation_branch=branch, quality_head=True)
@@ -314,7 +314,11 @@ def test_segmentation_branch_and_quality_head_shapes(output_stride, grid):
     with torch.no_grad():
         outputs = model(images, return_segmentation=True)
         plain = model(images)
-    assert outputs["seg_full_logits"].shape == (1, config.num_classes + 1, *grid)  # input grid or stride 2
+    assert outputs["seg_full_logits"].shape == (1, config.num_classes + 1, 32, 16, 16)  # stride 2
+    if output_stride == 1:
+        assert outputs["seg_fine_logits"].shape == (1, config.num_classes + 1, 64, 32, 32)  # the input grid
+    else:
+        assert "seg_fine_logits" not in outputs
     assert outputs["pred_quality"].shape == (1, config.decoder.num_queries)
     assert all(aux["pred_quality"].shape == (1, config.decoder.num_queries) for aux in outputs["aux_outputs"])
     assert "seg_full_logits" not in plain and "pred_quality" in plain

@@ -33,7 +33,7 @@ class SetCriterion(nn.Module):
     """Matches predictions to ground truths with a :class:`DenseQueryMatcher` and computes the weighted losses.
 
     ``forward`` returns named scalar losses (``loss_class``, ``loss_bbox``, ``loss_giou``, ``loss_quality`` with a
-    quality head, ``loss_presence`` with a presence head, ``loss_seg`` / ``loss_seg_branch`` when a label map and
+    quality head, ``loss_presence`` with a presence head, ``loss_seg`` / ``loss_seg_branch`` / ``loss_seg_fine`` when a label map and
     segmentation logits are available, ``<name>_aux{i}`` for auxiliary decoder layer ``i``) and ``loss``, their
     weighted sum.
     """
@@ -65,6 +65,7 @@ class SetCriterion(nn.Module):
             "loss_giou": config.weight_giou,
             "loss_seg": config.weight_seg,
             "loss_seg_branch": config.weight_seg_branch,
+            "loss_seg_fine": config.weight_seg_fine,
             "loss_quality": config.weight_quality,
             "loss_presence": config.weight_presence,
         }
@@ -179,5 +180,7 @@ class SetCriterion(nn.Module):
             losses["loss_seg"] = self.loss_seg(seg_logits, targets)
         if "seg_full_logits" in outputs and have_label_maps:
             losses["loss_seg_branch"] = self.loss_seg([outputs["seg_full_logits"]], targets)
+        if "seg_fine_logits" in outputs and have_label_maps:
+            losses["loss_seg_fine"] = self.loss_seg([outputs["seg_fine_logits"]], targets)
         losses["loss"] = sum(self.weights[name.split("_aux")[0]] * value for name, value in losses.items())
         return losses

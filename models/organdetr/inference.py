@@ -79,10 +79,13 @@ def _window_organs(organs: list[DecodedOrgan], window: Window, shape: Sequence[i
     ]
 
 
-def _segmentation_probabilities(outputs: dict) -> torch.Tensor:
-    """Class probabilities ``[1, C, *grid]`` of one window on the segmentation's own grid (the full-resolution
-    branch's, else the finest multiscale head's), on the network's device."""
-    logits = outputs.get("seg_full_logits")
+def _segmentation_probabilities(outputs: dict, finest: bool) -> torch.Tensor:
+    """Class probabilities ``[1, C, *grid]`` of one window on a segmentation's own grid, on the network's device:
+    the branch's input-grid logits when ``finest`` and it has a fine stage, else its stride-2 logits; the finest
+    multiscale head's without a branch."""
+    logits = outputs.get("seg_fine_logits") if finest else None
+    if logits is None:
+        logits = outputs.get("seg_full_logits")
     if logits is None:
         if not outputs.get("seg_logits"):
             raise UserInputError("this model has no segmentation heads; run it without segmentation output")
@@ -169,12 +172,10 @@ def run_detector(
             organs = decode_detections(outputs, top_k=top_k)[0]
             ranks = [o.score - (CUT_SCORE_PENALTY if current.cuts_box(o.box, shape) else 0.0) for o in organs]
             per_window.append(list(zip(ranks, _window_organs(organs, current, shape), strict=True)))
-            if stitch or vouching:
-                probabilities = _segmentation_probabilities(outputs)
             if vouching:
-                branch_voxels.add(current, probabilities[0].cpu())
+                branch_voxels.add(current, _segmentation_probabilities(outputs, finest=False)[0].cpu())
             if stitch:
-                window_probabilities = _on_window_grid(probabilities, current)
+                window_probabilities = _on_window_grid(_segmentation_probabilities(outputs, finest=True), current)
                 if seg_total is None:
                     seg_total = torch.zeros((window_probabilities.shape[0], *shape))
                 current.add_to_volume(seg_total, window_probabilities)

@@ -11,8 +11,9 @@
   the ``presence_levels`` coarsest encoder levels pooled over space (mean and max);
 * ``seg_logits`` (training, or ``return_segmentation=True``, when the config has segmentation heads): one
   ``[B, K+1, d0, d1, d2]`` map per MSA output level, finest first (channel = label value, 0 = background);
-* ``seg_full_logits`` (same condition, with ``ModelConfig.segmentation_branch.enabled``): ``[B, K+1, D0, D1, D2]``
-  on the input grid from :class:`SegmentationBranch`.
+* ``seg_full_logits`` (same condition, with ``ModelConfig.segmentation_branch.enabled``): ``[B, K+1, D0/2, D1/2,
+  D2/2]`` at stride 2 from :class:`SegmentationBranch`; with its ``output_stride`` 1 also ``seg_fine_logits``
+  ``[B, K+1, D0, D1, D2]`` on the input grid.
 
 With ``ModelConfig.msa.enabled = False`` the FPN levels go straight (1x1x1-projected to ``d_model`` when needed)
 to the decoder and the segmentation heads: the no-MSA baseline.
@@ -130,7 +131,7 @@ class OrganDETR(nn.Module):
         if want_segmentation and self.seg_heads is not None:
             outputs["seg_logits"] = [head(level) for head, level in zip(self.seg_heads, levels, strict=True)]
         if want_segmentation and self.seg_branch is not None:
-            outputs["seg_full_logits"] = self.seg_branch(features[0], stride2, images)
+            outputs.update(self.seg_branch(features[0], stride2, images))
         return outputs
 
     @staticmethod

@@ -47,6 +47,7 @@ class ConfigChoices:
     dense_lambda: float | None = None
     no_msa: bool = False
     segmentation_branch: bool = False
+    segmentation_stride: int | None = None
     quality_head: bool = False
     presence_head: bool = False
     presence_levels: int | None = None
@@ -123,8 +124,11 @@ def new_run_config(
     model = config.model
     if choices.no_msa:
         model = replace(model, msa=replace(model.msa, enabled=False))
-    if choices.segmentation_branch:
-        model = replace(model, segmentation_branch=replace(model.segmentation_branch, enabled=True))
+    if choices.segmentation_branch or choices.segmentation_stride is not None:
+        branch = replace(model.segmentation_branch, enabled=True)
+        if choices.segmentation_stride is not None:
+            branch = replace(branch, output_stride=choices.segmentation_stride)
+        model = replace(model, segmentation_branch=branch)
     if choices.quality_head:
         model = replace(model, quality_head=True)
     if choices.presence_head or choices.presence_levels is not None:

@@ -74,6 +74,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init-weights the new layers start untrained and everything else from the given model",
     )
     parser.add_argument(
+        "--segmentation-stride",
+        type=int,
+        choices=(1, 2),
+        default=None,
+        help="the segmentation branch's finest output: 2 (stride 2) or 1 (adds the fine stage on the input grid, "
+        "whose boxes can be precise; new layers start as the upsampled stride-2 logits); implies "
+        "--segmentation-branch",
+    )
+    parser.add_argument(
         "--quality-head", action="store_true", help="add the IoU-quality head (scores rank boxes by predicted IoU)"
     )
     parser.add_argument(
