@@ -34,8 +34,8 @@ class SetCriterion(nn.Module):
 
     ``forward`` returns named scalar losses (``loss_class``, ``loss_bbox``, ``loss_giou``, ``loss_quality`` with a
     quality head, ``loss_presence`` with a presence head, ``loss_seg`` / ``loss_seg_branch`` / ``loss_seg_fine``
-    when a label map and segmentation logits are available, ``<name>_aux{i}`` for auxiliary decoder layer ``i``) and ``loss``, their
-    weighted sum.
+    when a label map and segmentation logits are available, ``<name>_aux{i}`` for auxiliary decoder layer ``i``) and
+    ``loss``, their weighted sum.
     """
 
     def __init__(
