@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from organdetr.backbone import conv_norm_act
 from organdetr.config import (
     BackboneConfig,
@@ -19,6 +20,7 @@ from organdetr.deformable_attention import MultiScaleDeformableAttention3D, mult
 from organdetr.msa import MultiScaleAttentionEncoder
 from organdetr.organ_detr import OrganDETR, build_model
 from organdetr.position_encoding import sine_position_encoding_3d
+from organdetr.segmentation_branch import SegmentationBranch, fine_regions
 
 
 def _small() -> ModelConfig:
@@ -322,3 +324,36 @@ def test_segmentation_branch_and_quality_head_shapes(output_stride):
     assert outputs["pred_quality"].shape == (1, config.decoder.num_queries)
     assert all(aux["pred_quality"].shape == (1, config.decoder.num_queries) for aux in outputs["aux_outputs"])
     assert "seg_full_logits" not in plain and "pred_quality" in plain
+
+
+def test_fine_regions_cover_the_organ_cells_plus_the_margin() -> None:
+    logits = torch.zeros(2, 3, 8, 8, 8)
+    logits[:, 0] = 10.0  # background everywhere
+    logits[0, 2, 3:5, 0:2, 6] = 20.0  # organ 2 in sample 0 only
+    regions = fine_regions(logits, threshold=0.5, margin=1)
+    assert regions == [(slice(2, 6), slice(0, 3), slice(5, 8)), None]  # grown by 1, clipped at the edges
+
+
+def test_fine_stage_in_its_region_equals_the_whole_grid() -> None:
+    """The region is only a saving: inside it the logits are those of the fine stage run on the whole grid, outside
+    they are the upsampled stride-2 logits."""
+    torch.manual_seed(0)
+    config = SegmentationBranchConfig(enabled=True, output_stride=1, fine_region_threshold=0.93, fine_region_margin=1)
+    branch = SegmentationBranch(4, 3, 1, 2, config).eval()
+    torch.nn.init.normal_(branch.fine_classifier.weight)  # zero-initialised: would hide the stage
+    finest, stride2, images = torch.randn(2, 4, 8, 8, 8), torch.randn(2, 3, 16, 16, 16), torch.randn(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        fine = branch(finest, stride2, images)["seg_fine_logits"]
+        half = branch.to_half(torch.cat([F.interpolate(finest, size=(16,) * 3, mode="trilinear"), stride2], dim=1))
+        coarse = branch.classifier(half)
+        upsampled = F.interpolate(coarse, size=(32,) * 3, mode="trilinear")
+        features = torch.cat([F.interpolate(half, scale_factor=2, mode="trilinear"), images], dim=1)
+        whole = upsampled + branch.fine_classifier(branch.fine_units(features))
+    regions = fine_regions(coarse, 0.93, 1)
+    for b, region in enumerate(regions):
+        assert region is not None
+        inside = torch.zeros(32, 32, 32, dtype=torch.bool)
+        inside[tuple(slice(2 * r.start, 2 * r.stop) for r in region)] = True
+        assert 0 < inside.sum() < inside.numel() / 2  # a real part of the grid
+        assert torch.allclose(fine[b][:, inside], whole[b][:, inside], atol=1e-5)
+        assert torch.equal(fine[b][:, ~inside], upsampled[b][:, ~inside])

@@ -240,6 +240,22 @@ def test_init_weights_fine_tunes_from_a_model_folder(setup, tmp_path) -> None:
         (-160.0, 240.0),
     )
 
+    # The fine stage added to that branch and fitted alone: new layers only, every other weight exactly as it was.
+    fine = tmp_path / "fine"
+    code = main(["train", "--data", str(data), "--output", str(fine), "--device", "cpu", "--init-weights",
+                 str(extended / "last"), "--segmentation-stride", "1", "--train-only", "seg_branch.fine",
+                 "--epochs", "1", "--batch-size", "2", "--lr", "1e-2", "--no-augment"])  # fmt: skip
+    assert code == 0
+    refined = load_file(fine / "last" / "model.safetensors")
+    assert all(torch.equal(grown[name], refined[name]) for name in grown)
+    assert {name.rsplit(".", 1)[0] for name in refined if name not in grown} == {
+        "seg_branch.fine_units.0.0",
+        "seg_branch.fine_units.1.0",
+        "seg_branch.fine_classifier",
+    }
+    assert not torch.equal(refined["seg_branch.fine_classifier.weight"], torch.zeros(8, 8, 1, 1, 1))  # it trained
+    assert DetectorConfig.from_json_file(fine / "last" / "config.json").model.segmentation_branch.output_stride == 1
+
     # A new presence head (pooling all 3 levels) fitted alone: every other weight stays exactly as it was.
     head = tmp_path / "head"
     code = main(["train", "--data", str(data), "--output", str(head), "--device", "cpu", "--init-weights",
@@ -268,11 +284,14 @@ def test_init_weights_rejects_conflicting_options(setup, tmp_path, capsys) -> No
 
 def test_physical_space_run_with_segmentation_branch_and_quality_head(tmp_path, data_dir, tiny_config) -> None:
     """Field-of-view windows from volumes larger than the window, then evaluation over several windows with box
-    refinement: the metrics carry presence, the query boxes' own figures and the branch's Dice per organ."""
+    refinement from the branch's fine stage: the metrics carry presence, the query boxes' own figures and the
+    branch's Dice per organ."""
     config = dataclasses.replace(
         tiny_config,
         model=dataclasses.replace(
-            tiny_config.model, segmentation_branch=SegmentationBranchConfig(enabled=True), quality_head=True
+            tiny_config.model,
+            segmentation_branch=SegmentationBranchConfig(enabled=True, output_stride=1),
+            quality_head=True,
         ),
         preprocess=dataclasses.replace(tiny_config.preprocess, target_spacing_mm=(16.0, 16.0, 10.0)),
     )
@@ -285,7 +304,7 @@ def test_physical_space_run_with_segmentation_branch_and_quality_head(tmp_path, 
     saved = DetectorConfig.from_json_file(output / "last" / "config.json")
     assert saved.train.oversample_rare_organs == 0.5 and saved.loss.seg_class_weights == {"Esophagus": 30.0}
     row = history(output)[-1]
-    assert {"train_loss_quality", "train_loss_seg_branch"} <= set(row) and "val_mAP" in row
+    assert {"train_loss_quality", "train_loss_seg_branch", "train_loss_seg_fine"} <= set(row) and "val_mAP" in row
     metrics_path = tmp_path / "metrics.json"
     assert main(["evaluate", "--model", str(output / "last"), "--data", str(setup[0]), "--output",
                  str(metrics_path), "--device", "cpu"]) == 0  # fmt: skip

@@ -213,9 +213,16 @@ class BoxRefinementConfig:
     enabled: bool = True  # only acts on models with a segmentation branch
     min_iou: float = 0.1  # overlap of query box and component box needed to trust the component
     min_voxels: int = 5  # smaller components are noise
-    # What a trusted component does to the query box: "replace" it, or "average" the two corner-wise (two estimates
-    # with independent errors), or "keep" it (the component then only informs the score).
-    box_rule: Literal["replace", "average", "keep"] = "replace"
+    # What a trusted component does to the query box: "replace" it, "average" the two corner-wise (two estimates
+    # with independent errors), "weighted": each corner a calibrated mix of the two (``component_weights``) minus a
+    # calibrated bias (``corner_bias_voxels``), or "keep" it (the component then only informs the score).
+    box_rule: Literal["replace", "average", "weighted", "keep"] = "replace"
+    # Per organ, for "weighted": the component's share of each corner (lo0, lo1, lo2, hi0, hi1, hi2 along the
+    # network axes), the query's share being the rest; organs not listed keep their query box.
+    component_weights: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # Per organ, for "weighted": the mean error of the mixed corners on the calibration cases (network voxels),
+    # subtracted. Both from ``benchmarks/refinement_calibration.py`` on training cases.
+    corner_bias_voxels: dict[str, tuple[float, ...]] = field(default_factory=dict)
     # Scale each organ's score by the IoU of its query box and the best component's box (0 when none): where the
     # voxels and the query agree the box is precise, so the score ranks boxes by quality.
     score_by_agreement: bool = False
@@ -388,6 +395,8 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
             kwargs[name] = _from_dict(hints[name], value)
         elif isinstance(value, list):
             kwargs[name] = _tuples(value)
+        elif isinstance(value, dict):
+            kwargs[name] = {key: _tuples(item) for key, item in value.items()}
         else:
             kwargs[name] = value
     return cls(**kwargs)

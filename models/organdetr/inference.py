@@ -193,7 +193,7 @@ def run_detector(
         organ_voxels = branch_voxels.voxels().tolist()
         presence = segmentation_supported_presence(head_presence, organ_voxels, min_voxels)
     if refine and labels is not None:
-        organs = refine_boxes(organs, labels, config.refinement)
+        organs = refine_boxes(organs, labels, config.refinement, config.class_names)
     return InferenceOutput(
         organs=organs,
         presence=presence,
