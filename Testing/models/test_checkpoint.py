@@ -95,9 +95,17 @@ def test_bad_config(saved) -> None:
     with pytest.raises(UserInputError, match="unknown ModelConfig keys"):
         load_checkpoint(directory)
     edit_config(directory, lambda data: (data["model"].pop("colour"), data["refinement"].update(box_rule="median")))
-    with pytest.raises(UserInputError, match=r"box_rule must be one of \['replace', 'average', 'keep'\]"):
+    with pytest.raises(UserInputError, match=r"box_rule must be one of \['replace', 'average', 'weighted', 'keep'\]"):
         load_checkpoint(directory)
-    edit_config(directory, lambda data: (data["refinement"].update(box_rule="average"), data.update(schema_version=99)))
+    weights = {"Brainstem": [0.5] * 5}  # a corner short
+    edit_config(directory, lambda data: data["refinement"].update(box_rule="weighted", component_weights=weights))
+    with pytest.raises(UserInputError, match="take 6 values per organ"):
+        load_checkpoint(directory)
+    edit_config(directory, lambda data: data["refinement"].update(component_weights={"Liver": [0.5] * 6}))
+    with pytest.raises(UserInputError, match=r"component_weights names organs the model does not have: \['Liver'\]"):
+        load_checkpoint(directory)
+    edit_config(directory, lambda data: (data["refinement"].update(box_rule="average", component_weights={}),
+                                         data.update(schema_version=99)))  # fmt: skip
     with pytest.raises(UserInputError, match="schema_version 99 is newer"):
         load_checkpoint(directory)
     (directory / CONFIG_FILE).write_text("{not json", encoding="utf-8")

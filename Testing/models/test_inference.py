@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from organdetr.config import DetectorConfig
 from organdetr.errors import UserInputError
 from organdetr.inference import BranchVoxelCounter, run_detector, segmentation_supported_presence, select_device
 from organdetr.organ_detr import build_model
+from organdetr.segmentation_branch import fine_regions
 from organdetr.windows import Window
 
 
@@ -125,3 +127,36 @@ def test_vouching_organs_must_be_the_models(tiny_config) -> None:
     data["loss"]["seg_class_weights"] = {"Esophagus": -1.0}
     with pytest.raises(ValueError, match=r"seg_class_weights must be positive"):
         DetectorConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("output_stride", [2, 1])
+def test_segmentation_is_computed_in_the_branch_region(tiny_config, head_neck_volume, output_stride) -> None:
+    """Inside the region where the stride-2 logits see an organ, the stitched labels are those of the whole grid
+    (the stride-2 probabilities upsampled, or the fine stage's); outside it, background."""
+    volume, _ = head_neck_volume
+    branch = tiny_config.model.segmentation_branch
+    branch.enabled, branch.output_stride = True, output_stride
+    tiny_config.refinement.enabled = False
+    torch.manual_seed(0)
+    model = build_model(tiny_config.model).eval()
+    with torch.inference_mode():  # the volume is the one window
+        outputs = model(volume.image[None], return_segmentation=True)
+    coarse = outputs["seg_full_logits"]
+    # Random weights see organs everywhere at the default threshold: take one that leaves a real region.
+    branch.fine_region_threshold = float((1 - coarse.softmax(dim=1)[:, 0]).flatten().quantile(0.97))
+    (region,) = fine_regions(coarse, branch.fine_region_threshold, branch.fine_region_margin)
+    inside = tuple(slice(2 * r.start, 2 * r.stop) for r in region)
+    with torch.inference_mode():
+        outputs = model(volume.image[None], return_segmentation=True)
+    if output_stride == 1:
+        (fine,) = outputs["seg_fine_logits"]
+        assert fine.region == inside
+        expected = fine.logits.argmax(dim=0)
+    else:
+        upsampled = F.interpolate(coarse.softmax(dim=1), size=volume.network_shape, mode="trilinear")
+        expected = upsampled[0].argmax(dim=0)[inside]
+    labels = run_detector(model, volume, torch.device("cpu"), tiny_config, segmentation=True).segmentation
+    assert torch.equal(labels[inside], expected)
+    outside = torch.ones(volume.network_shape, dtype=torch.bool)
+    outside[inside] = False
+    assert outside.any() and not labels[outside].any()

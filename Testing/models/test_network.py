@@ -35,7 +35,8 @@ def _random_loss(outputs: dict, generator: torch.Generator) -> torch.Tensor:
             [layer["pred_quality"]] if "pred_quality" in layer else []
         )
     tensors += outputs.get("seg_logits", [])
-    tensors += [outputs[key] for key in ("seg_full_logits", "seg_fine_logits", "pred_presence") if key in outputs]
+    tensors += [outputs[key] for key in ("seg_full_logits", "pred_presence") if key in outputs]
+    tensors += [fine.logits for fine in outputs.get("seg_fine_logits", []) if fine is not None]
     return sum((t * torch.randn(t.shape, generator=generator)).sum() for t in tensors)
 
 
@@ -318,7 +319,9 @@ def test_segmentation_branch_and_quality_head_shapes(output_stride):
         plain = model(images)
     assert outputs["seg_full_logits"].shape == (1, config.num_classes + 1, 32, 16, 16)  # stride 2
     if output_stride == 1:
-        assert outputs["seg_fine_logits"].shape == (1, config.num_classes + 1, 64, 32, 32)  # the input grid
+        (fine,) = outputs["seg_fine_logits"]  # random weights: some organ everywhere, the region is the whole grid
+        assert fine.region == (slice(0, 64), slice(0, 32), slice(0, 32))
+        assert fine.logits.shape == (config.num_classes + 1, 64, 32, 32)
     else:
         assert "seg_fine_logits" not in outputs
     assert outputs["pred_quality"].shape == (1, config.decoder.num_queries)
@@ -335,8 +338,7 @@ def test_fine_regions_cover_the_organ_cells_plus_the_margin() -> None:
 
 
 def test_fine_stage_in_its_region_equals_the_whole_grid() -> None:
-    """The region is only a saving: inside it the logits are those of the fine stage run on the whole grid, outside
-    they are the upsampled stride-2 logits."""
+    """The region is only a saving: inside it the logits are those of the fine stage run on the whole grid."""
     torch.manual_seed(0)
     config = SegmentationBranchConfig(enabled=True, output_stride=1, fine_region_threshold=0.93, fine_region_margin=1)
     branch = SegmentationBranch(4, 3, 1, 2, config).eval()
@@ -349,11 +351,9 @@ def test_fine_stage_in_its_region_equals_the_whole_grid() -> None:
         upsampled = F.interpolate(coarse, size=(32,) * 3, mode="trilinear")
         features = torch.cat([F.interpolate(half, scale_factor=2, mode="trilinear"), images], dim=1)
         whole = upsampled + branch.fine_classifier(branch.fine_units(features))
-    regions = fine_regions(coarse, 0.93, 1)
-    for b, region in enumerate(regions):
-        assert region is not None
+    for b, (item, region) in enumerate(zip(fine, fine_regions(coarse, 0.93, 1), strict=True)):
+        assert item.region == tuple(slice(2 * r.start, 2 * r.stop) for r in region)
         inside = torch.zeros(32, 32, 32, dtype=torch.bool)
-        inside[tuple(slice(2 * r.start, 2 * r.stop) for r in region)] = True
+        inside[item.region] = True
         assert 0 < inside.sum() < inside.numel() / 2  # a real part of the grid
-        assert torch.allclose(fine[b][:, inside], whole[b][:, inside], atol=1e-5)
-        assert torch.equal(fine[b][:, ~inside], upsampled[b][:, ~inside])
+        torch.testing.assert_close(item.logits, whole[(b, slice(None), *item.region)], atol=1e-5, rtol=1e-5)

@@ -336,12 +336,19 @@ class DetectorConfig:
         for what, organs in (
             ("presence.min_segmented_voxels", self.presence.min_segmented_voxels),
             ("loss.seg_class_weights", self.loss.seg_class_weights),
+            ("refinement.component_weights", self.refinement.component_weights),
+            ("refinement.corner_bias_voxels", self.refinement.corner_bias_voxels),
         ):
             unknown = set(organs) - set(self.class_names)
             if unknown:
                 raise ValueError(f"{what} names organs the model does not have: {sorted(unknown)}")
         if not 0.0 <= self.preprocess.window_fit_zoom < 0.25 or not self.preprocess.body_margin_mm >= 0.0:
             raise ValueError("preprocess.window_fit_zoom must be in [0, 0.25) and body_margin_mm >= 0")
+        corners = [*self.refinement.component_weights.values(), *self.refinement.corner_bias_voxels.values()]
+        if any(len(values) != 6 for values in corners) or not all(
+            0.0 <= w <= 1.0 for values in self.refinement.component_weights.values() for w in values
+        ):
+            raise ValueError("refinement component_weights (in [0, 1]) and corner_bias_voxels take 6 values per organ")
         if any(not weight > 0 for weight in self.loss.seg_class_weights.values()):
             raise ValueError(f"loss.seg_class_weights must be positive, got {self.loss.seg_class_weights}")
 

@@ -25,6 +25,7 @@ from torch import nn
 from .box_ops import matched_giou, pairwise_iou
 from .config import LossConfig
 from .matcher import DenseQueryMatcher, MatchIndices
+from .segmentation_branch import FineLogits
 
 Target = dict[str, torch.Tensor]
 
@@ -140,22 +141,39 @@ class SetCriterion(nn.Module):
             level_logits = level_logits.float()
             label_maps = torch.stack([t["label_map"] for t in targets]).to(level_logits.device)
             resized = F.interpolate(label_maps[:, None].float(), size=level_logits.shape[2:], mode="nearest-exact")
-            resized = resized.long()
             for b, target in enumerate(targets):
-                keep = F.pad(self.annotated(target, level_logits.device), (1, 0), value=True)  # + background
-                channels = keep.nonzero()[:, 0]
-                # Label value -> position among the kept channels. Voxels of an unannotated label (inconsistent
-                # target) count as background, like every voxel of an organ that was not annotated.
-                remap = torch.zeros(self.num_classes + 1, dtype=torch.long, device=level_logits.device)
-                remap[channels] = torch.arange(channels.numel(), device=level_logits.device)
-                logits, truth = level_logits[b : b + 1, channels], remap[resized[b, 0]][None]
-                loss = F.cross_entropy(logits, truth, weight=self.seg_class_weight[channels])
-                onehot = F.one_hot(truth, channels.numel()).permute(0, 4, 1, 2, 3).float()
-                present = onehot[0, 1:].flatten(1).any(dim=1)
-                if present.any():
-                    loss = loss + self.dice(logits.softmax(dim=1), onehot).flatten()[present].mean()
-                losses.append(loss)
+                losses.append(self._sample_seg_loss(level_logits[b : b + 1], resized[b, 0].long(), target))
         return torch.stack(losses).mean()
+
+    def loss_seg_fine(self, fine: list[FineLogits | None], targets: list[Target]) -> torch.Tensor:
+        """:meth:`loss_seg` of the fine stage's logits against each sample's label map in its region, averaged over
+        the samples that have a region (0 when none has: no organ to segment finer, and the same loss terms on every
+        rank)."""
+        losses = [
+            self._sample_seg_loss(item.logits[None].float(), target["label_map"][item.region].long(), target)
+            for item, target in zip(fine, targets, strict=True)
+            if item is not None
+        ]
+        if not losses:
+            return self.seg_class_weight.new_zeros(())
+        return torch.stack(losses).mean()
+
+    def _sample_seg_loss(self, logits: torch.Tensor, labels: torch.Tensor, target: Target) -> torch.Tensor:
+        """One sample's segmentation loss: ``logits [1, K+1, *grid]``, ``labels`` label values on that grid."""
+        labels = labels.to(logits.device)
+        keep = F.pad(self.annotated(target, logits.device), (1, 0), value=True)  # + background
+        channels = keep.nonzero()[:, 0]
+        # Label value -> position among the kept channels. Voxels of an unannotated label (inconsistent target)
+        # count as background, like every voxel of an organ that was not annotated.
+        remap = torch.zeros(self.num_classes + 1, dtype=torch.long, device=logits.device)
+        remap[channels] = torch.arange(channels.numel(), device=logits.device)
+        kept, truth = logits[:, channels], remap[labels][None]
+        loss = F.cross_entropy(kept, truth, weight=self.seg_class_weight[channels])
+        onehot = F.one_hot(truth, channels.numel()).permute(0, 4, 1, 2, 3).float()
+        present = onehot[0, 1:].flatten(1).any(dim=1)
+        if present.any():
+            loss = loss + self.dice(kept.softmax(dim=1), onehot).flatten()[present].mean()
+        return loss
 
     def detection_losses(self, outputs: dict[str, Any], targets: list[Target]) -> dict[str, torch.Tensor]:
         """Match one decoder layer's outputs and compute its classification and box losses."""
@@ -181,6 +199,6 @@ class SetCriterion(nn.Module):
         if "seg_full_logits" in outputs and have_label_maps:
             losses["loss_seg_branch"] = self.loss_seg([outputs["seg_full_logits"]], targets)
         if "seg_fine_logits" in outputs and have_label_maps:
-            losses["loss_seg_fine"] = self.loss_seg([outputs["seg_fine_logits"]], targets)
+            losses["loss_seg_fine"] = self.loss_seg_fine(outputs["seg_fine_logits"], targets)
         losses["loss"] = sum(self.weights[name.split("_aux")[0]] * value for name, value in losses.items())
         return losses

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .box_refinement import refine_boxes
-from .config import DetectorConfig
+from .config import DetectorConfig, SegmentationBranchConfig
 from .errors import UserInputError
 from .postprocess import DecodedOrgan, decode_detections
 from .preprocess import PreprocessedVolume
+from .segmentation_branch import crop_to, fine_regions, upsampled_region
 from .windows import Window, plan_windows
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -79,25 +80,34 @@ def _window_organs(organs: list[DecodedOrgan], window: Window, shape: Sequence[i
     ]
 
 
-def _segmentation_probabilities(outputs: dict, finest: bool) -> torch.Tensor:
-    """Class probabilities ``[1, C, *grid]`` of one window on a segmentation's own grid, on the network's device:
-    the branch's input-grid logits when ``finest`` and it has a fine stage, else its stride-2 logits; the finest
-    multiscale head's without a branch."""
-    logits = outputs.get("seg_fine_logits") if finest else None
-    if logits is None:
-        logits = outputs.get("seg_full_logits")
-    if logits is None:
+def _window_probabilities(outputs: dict, window: Window, branch: SegmentationBranchConfig) -> torch.Tensor:
+    """Class probabilities ``[C, *window.size]`` of one window on the network grid, on the CPU.
+
+    With a segmentation branch, only its region (where the stride-2 logits see an organ,
+    :func:`~organdetr.segmentation_branch.fine_regions`) is computed: the fine stage's probabilities, or the stride-2
+    ones upsampled (trilinear) there; outside it every organ is below the region threshold: background. Without a
+    branch, the finest multiscale head's probabilities, upsampled.
+    """
+    if "seg_full_logits" not in outputs:
         if not outputs.get("seg_logits"):
             raise UserInputError("this model has no segmentation heads; run it without segmentation output")
-        logits = outputs["seg_logits"][0]
-    return logits.float().softmax(dim=1)
-
-
-def _on_window_grid(probabilities: torch.Tensor, window: Window) -> torch.Tensor:
-    """``[1, C, *grid]`` probabilities -> ``[C, *window.size]`` (trilinear where the grids differ; CPU)."""
-    if tuple(probabilities.shape[2:]) != tuple(window.size):
-        probabilities = F.interpolate(probabilities, size=window.size, mode="trilinear", align_corners=False)
-    return probabilities[0].cpu()
+        probabilities = outputs["seg_logits"][0].float().softmax(dim=1)
+        return F.interpolate(probabilities, size=window.size, mode="trilinear", align_corners=False)[0].cpu()
+    coarse = outputs["seg_full_logits"][0].float()
+    probabilities = coarse.new_zeros((coarse.shape[0], *window.size))
+    probabilities[0] = 1.0
+    if "seg_fine_logits" in outputs:
+        fine = outputs["seg_fine_logits"][0]
+        if fine is not None:
+            probabilities[(slice(None), *fine.region)] = fine.logits.float().softmax(dim=0)
+        return probabilities.cpu()
+    (region,) = fine_regions(coarse[None], branch.fine_region_threshold, branch.fine_region_margin)
+    if region is not None:
+        values, covered = upsampled_region(coarse.softmax(dim=0), region, halo=1)
+        probabilities[(slice(None), *(slice(2 * r.start, 2 * r.stop) for r in region))] = crop_to(
+            values, covered, region
+        )
+    return probabilities.cpu()
 
 
 class BranchVoxelCounter:
@@ -173,9 +183,9 @@ def run_detector(
             ranks = [o.score - (CUT_SCORE_PENALTY if current.cuts_box(o.box, shape) else 0.0) for o in organs]
             per_window.append(list(zip(ranks, _window_organs(organs, current, shape), strict=True)))
             if vouching:
-                branch_voxels.add(current, _segmentation_probabilities(outputs, finest=False)[0].cpu())
+                branch_voxels.add(current, outputs["seg_full_logits"][0].float().softmax(dim=0).cpu())
             if stitch:
-                window_probabilities = _on_window_grid(_segmentation_probabilities(outputs, finest=True), current)
+                window_probabilities = _window_probabilities(outputs, current, config.model.segmentation_branch)
                 if seg_total is None:
                     seg_total = torch.zeros((window_probabilities.shape[0], *shape))
                 current.add_to_volume(seg_total, window_probabilities)

@@ -12,8 +12,9 @@
 * ``seg_logits`` (training, or ``return_segmentation=True``, when the config has segmentation heads): one
   ``[B, K+1, d0, d1, d2]`` map per MSA output level, finest first (channel = label value, 0 = background);
 * ``seg_full_logits`` (same condition, with ``ModelConfig.segmentation_branch.enabled``): ``[B, K+1, D0/2, D1/2,
-  D2/2]`` at stride 2 from :class:`SegmentationBranch`; with its ``output_stride`` 1 also ``seg_fine_logits``
-  ``[B, K+1, D0, D1, D2]`` on the input grid.
+  D2/2]`` at stride 2 from :class:`SegmentationBranch`; with its ``output_stride`` 1 also ``seg_fine_logits``: per
+  sample a :class:`~organdetr.segmentation_branch.FineLogits` (input-grid logits in the region where the stride-2
+  logits see an organ) or ``None``.
 
 With ``ModelConfig.msa.enabled = False`` the FPN levels go straight (1x1x1-projected to ``d_model`` when needed)
 to the decoder and the segmentation heads: the no-MSA baseline.

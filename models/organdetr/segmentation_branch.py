@@ -10,13 +10,15 @@ the stride-2 features upsampled x2 and joined with the image, two convs and a 1x
 added to the upsampled stride-2 logits (a residual: zero-initialised, the stage starts as the upsampled logits and
 learns the corrections): ``seg_fine_logits``. The stage costs ~4x a training step over a whole 128^3 window on a
 CPU, so it runs only in the **region** where the stride-2 logits see an organ (any organ's probability at or above
-``fine_region_threshold``, plus ``fine_region_margin`` stride-2 voxels); elsewhere the fine logits are the
-upsampled stride-2 ones. Without normalisation layers in the stage, the region gives the same logits as the whole
-grid would. The branch's organs refine the query boxes (:mod:`organdetr.box_refinement`) and are the segmentation
-preview.
+``fine_region_threshold``, plus ``fine_region_margin`` stride-2 voxels): the fine logits are that region's, and
+outside it (every organ below the threshold) the input grid is background, in training and in inference. Without
+normalisation layers in the stage, the region's logits are those the whole grid would give. The branch's organs
+refine the query boxes (:mod:`organdetr.box_refinement`) and are the segmentation preview.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +27,19 @@ from torch import Tensor, nn
 from .backbone import LEAKY_SLOPE, conv_norm_act
 from .config import SegmentationBranchConfig
 
-# Stride-2 voxels of context around the region that the fine stage reads, so that the region's logits are exact:
-# three input-grid voxels (one for the trilinear upsampling's edge, two for the stage's 3x3x3 convolutions).
+# Stride-2 voxels of context around a region read by the fine stage, so that the region's logits are exact: three
+# input-grid voxels (one for the trilinear upsampling's edge, two for the stage's 3x3x3 convolutions).
 FINE_HALO = 2
+Region = tuple[slice, ...]
+
+
+@dataclass
+class FineLogits:
+    """One sample's input-grid logits ``[K+1, *region size]`` inside ``region`` (slices of the input grid); outside it
+    no organ reaches the region threshold: background."""
+
+    region: Region
+    logits: Tensor
 
 
 def _unit(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -39,11 +51,11 @@ def _fine_unit(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1), nn.LeakyReLU(LEAKY_SLOPE))
 
 
-def fine_regions(coarse_logits: Tensor, threshold: float, margin: int) -> list[tuple[slice, ...] | None]:
+def fine_regions(coarse_logits: Tensor, threshold: float, margin: int) -> list[Region | None]:
     """Per sample, the stride-2 box where any organ's probability reaches ``threshold``, grown by ``margin`` voxels
     (``None``: no organ anywhere)."""
     organ_probability = 1.0 - coarse_logits.detach().float().softmax(dim=1)[:, 0]
-    regions: list[tuple[slice, ...] | None] = []
+    regions: list[Region | None] = []
     for seen in organ_probability >= threshold:
         if not seen.any():
             regions.append(None)
@@ -57,9 +69,31 @@ def fine_regions(coarse_logits: Tensor, threshold: float, margin: int) -> list[t
     return regions
 
 
+def upsampled_region(coarse: Tensor, region: Region, halo: int) -> tuple[Tensor, Region]:
+    """``coarse [C, *stride-2 grid]`` upsampled x2 (trilinear) over ``region`` grown by ``halo`` (clipped to the grid):
+    the values, equal to the whole grid's upsampled and cropped at least one input-grid voxel inside the halo, and
+    the input-grid slices they cover."""
+    read = tuple(
+        slice(max(r.start - halo, 0), min(r.stop + halo, n)) for r, n in zip(region, coarse.shape[1:], strict=True)
+    )
+    values = F.interpolate(coarse[(slice(None), *read)][None], scale_factor=2, mode="trilinear", align_corners=False)
+    return values[0], tuple(slice(2 * r.start, 2 * r.stop) for r in read)
+
+
+def crop_to(values: Tensor, covered: Region, region: Region) -> Tensor:
+    """The part of ``values [C, *covered]`` (input-grid slices) inside ``region`` (stride-2 slices within them)."""
+    return values[
+        (
+            slice(None),
+            *(slice(2 * r.start - c.start, 2 * r.stop - c.start) for r, c in zip(region, covered, strict=True)),
+        )
+    ]
+
+
 class SegmentationBranch(nn.Module):
     """``(finest pyramid level [B, F, D/4], stride-2 features [B, S, D/2], image [B, C, D])`` -> ``{"seg_full_logits":
-    [B, K+1, D/2]}``, plus ``"seg_fine_logits": [B, K+1, D]`` with ``output_stride`` 1."""
+    [B, K+1, D/2]}``, plus with ``output_stride`` 1 ``"seg_fine_logits"``: per sample a :class:`FineLogits` (``None``
+    where no organ reaches the region threshold)."""
 
     def __init__(
         self,
@@ -84,37 +118,26 @@ class SegmentationBranch(nn.Module):
             nn.init.zeros_(self.fine_classifier.weight)
             nn.init.zeros_(self.fine_classifier.bias)
 
-    def forward(self, finest: Tensor, stride2: Tensor, images: Tensor) -> dict[str, Tensor]:
+    def forward(self, finest: Tensor, stride2: Tensor, images: Tensor) -> dict[str, Tensor | list[FineLogits | None]]:
         x = F.interpolate(finest, size=stride2.shape[2:], mode="trilinear", align_corners=False)
         half = self.to_half(torch.cat([x, stride2], dim=1))
         coarse = self.classifier(half)
-        outputs = {"seg_full_logits": coarse}
-        if self.fine_units is not None:
-            outputs["seg_fine_logits"] = self._fine(half, coarse, images)
+        outputs: dict[str, Tensor | list[FineLogits | None]] = {"seg_full_logits": coarse}
+        if self.fine_units is not None and self.fine_classifier is not None:
+            regions = fine_regions(coarse, self.config.fine_region_threshold, self.config.fine_region_margin)
+            outputs["seg_fine_logits"] = [
+                None if region is None else self._fine(half[b], coarse[b], images[b], region)
+                for b, region in enumerate(regions)
+            ]
         return outputs
 
-    def _fine(self, half: Tensor, coarse: Tensor, images: Tensor) -> Tensor:
-        """Input-grid logits: the upsampled coarse ones, corrected by the fine stage inside each sample's region."""
-        upsampled = F.interpolate(coarse, size=images.shape[2:], mode="trilinear", align_corners=False)
-        regions = fine_regions(coarse, self.config.fine_region_threshold, self.config.fine_region_margin)
-        corrected = []
-        for b, region in enumerate(regions):
-            sample = upsampled[b]
-            if region is not None:
-                read = tuple(
-                    slice(max(r.start - FINE_HALO, 0), min(r.stop + FINE_HALO, n))
-                    for r, n in zip(region, half.shape[2:], strict=True)
-                )
-                features = F.interpolate(
-                    half[(b, slice(None), *read)][None], scale_factor=2, mode="trilinear", align_corners=False
-                )
-                image = images[(b, slice(None), *(slice(2 * r.start, 2 * r.stop) for r in read))][None]
-                stage = self.fine_classifier(self.fine_units(torch.cat([features, image], dim=1)))[0]
-                inner = tuple(
-                    slice(2 * (r.start - w.start), 2 * (r.stop - w.start)) for r, w in zip(region, read, strict=True)
-                )
-                target = (slice(None), *(slice(2 * r.start, 2 * r.stop) for r in region))
-                sample = sample.clone()
-                sample[target] = sample[target] + stage[(slice(None), *inner)]
-            corrected.append(sample)
-        return torch.stack(corrected)
+    def _fine(self, half: Tensor, coarse: Tensor, image: Tensor, region: Region) -> FineLogits:
+        """One sample's input-grid logits in ``region``: the upsampled coarse ones plus the fine stage's correction."""
+        assert self.fine_units is not None and self.fine_classifier is not None
+        features, covered = upsampled_region(half, region, FINE_HALO)
+        stage = self.fine_classifier(
+            self.fine_units(torch.cat([features, image[(slice(None), *covered)]], dim=0)[None])
+        )
+        upsampled, _ = upsampled_region(coarse, region, FINE_HALO)
+        logits = crop_to(upsampled + stage[0], covered, region)
+        return FineLogits(region=tuple(slice(2 * r.start, 2 * r.stop) for r in region), logits=logits)
