@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One rerunnable training command for a GPU machine (issue 9, "train to target"): fine-tunes the shipped model with
-# the precision recipe (segmentation branch for box refinement, IoU-quality head, soft-tissue channel, rare organs
-# oversampled; DQM lambda 0.2 as always), mixed precision (bf16 where supported), a larger batch, 8 loader workers.
+# the precision recipe (segmentation branch with its input-grid fine stage for box refinement, IoU-quality head,
+# soft-tissue channel, rare organs oversampled; DQM lambda 0.2 as always), mixed precision (bf16 where supported), a
+# larger batch, 8 loader workers. Recalibrate the refinement on training cases afterwards
+# (benchmarks/refinement_calibration.py --write-config), then the presence rule (benchmarks/presence_calibration.py).
 # Run it again with the same folder and it resumes from last/; every call stops cleanly after MINUTES of training
 # (default 8, to fit a short lease), keeping last/ and best/ (best by validation mAP). Validate what it produces on
 # the CPU with `organdetr evaluate --model RUN/best --device cpu ...`.
@@ -19,6 +21,6 @@ if [ -f "$run/last/config.json" ]; then
     exec python -m organdetr_backend.cli train "${common[@]}" --resume
 fi
 exec python -m organdetr_backend.cli train "${common[@]}" --init-weights default \
-    --segmentation-branch --quality-head --soft-tissue-channel --oversample-rare-organs 0.5 \
+    --segmentation-stride 1 --quality-head --soft-tissue-channel --oversample-rare-organs 0.5 \
     --device "${ORGANDETR_DEVICE:-cuda}" --batch-size 8 --lr 2e-4 --warmup-steps 200 \
     --epochs "${ORGANDETR_EPOCHS:-400}" --val-every 5
