@@ -127,6 +127,22 @@ def test_window_extract_pads_with_air_and_adds_back_in_place():
     assert torch.equal(total[0, :, 1:5, 3:7], image[0, :, 1:5, 3:7]) and total[0, :, 0].abs().sum() == 0
 
 
+def test_a_region_of_a_window_adds_where_the_whole_window_would():
+    """Adding a region's values equals adding a window-sized tensor that holds them there and zeros elsewhere, also
+    where the window hangs over the volume's edges; a region outside the volume adds nothing."""
+    window = Window(start=(-2, 1, 3), size=(8, 4, 6))
+    region = (slice(1, 5), slice(0, 3), slice(2, 6))  # from before the volume's start to beyond its end (axis 2)
+    values = torch.rand(2, 4, 3, 4)
+    dense = torch.zeros(2, 8, 4, 6)
+    dense[(slice(None), *region)] = values
+    expected, total = torch.zeros(2, 5, 6, 7), torch.zeros(2, 5, 6, 7)
+    window.add_to_volume(expected, dense)
+    window.add_region_to_volume(total, region, values)
+    assert torch.equal(total, expected) and total.abs().sum() > 0
+    window.add_region_to_volume(total, (slice(0, 2), slice(0, 4), slice(0, 6)), torch.ones(2, 2, 4, 6))
+    assert torch.equal(total, expected)  # window rows 0-1 lie before the volume
+
+
 def test_box_to_volume_and_cut_detection():
     window = Window(start=(10, 0, -4), size=(20, 20, 20))
     shape = (40, 20, 12)

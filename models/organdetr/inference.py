@@ -80,34 +80,40 @@ def _window_organs(organs: list[DecodedOrgan], window: Window, shape: Sequence[i
     ]
 
 
-def _window_probabilities(outputs: dict, window: Window, branch: SegmentationBranchConfig) -> torch.Tensor:
-    """Class probabilities ``[C, *window.size]`` of one window on the network grid, on the CPU.
+def _add_window_segmentation(
+    total: torch.Tensor, outputs: dict, window: Window, branch: SegmentationBranchConfig
+) -> None:
+    """Add one window's class probabilities on the network grid into ``total [C, *volume]`` (CPU).
 
     With a segmentation branch, only its region (where the stride-2 logits see an organ,
     :func:`~organdetr.segmentation_branch.fine_regions`) is computed: the fine stage's probabilities, or the stride-2
     ones upsampled (trilinear) there; outside it every organ is below the region threshold: background. Without a
-    branch, the finest multiscale head's probabilities, upsampled.
+    branch, the finest multiscale head's probabilities, upsampled over the whole window.
     """
     if "seg_full_logits" not in outputs:
         if not outputs.get("seg_logits"):
             raise UserInputError("this model has no segmentation heads; run it without segmentation output")
         probabilities = outputs["seg_logits"][0].float().softmax(dim=1)
-        return F.interpolate(probabilities, size=window.size, mode="trilinear", align_corners=False)[0].cpu()
+        upsampled = F.interpolate(probabilities, size=window.size, mode="trilinear", align_corners=False)
+        window.add_to_volume(total, upsampled[0].cpu())
+        return
+    background = torch.zeros(total.shape[0], 1, 1, 1)
+    background[0] = 1.0
+    window.add_to_volume(total, background.expand(-1, *window.size))
     coarse = outputs["seg_full_logits"][0].float()
-    probabilities = coarse.new_zeros((coarse.shape[0], *window.size))
-    probabilities[0] = 1.0
     if "seg_fine_logits" in outputs:
         fine = outputs["seg_fine_logits"][0]
-        if fine is not None:
-            probabilities[(slice(None), *fine.region)] = fine.logits.float().softmax(dim=0)
-        return probabilities.cpu()
-    (region,) = fine_regions(coarse[None], branch.fine_region_threshold, branch.fine_region_margin)
-    if region is not None:
-        values, covered = upsampled_region(coarse.softmax(dim=0), region, halo=1)
-        probabilities[(slice(None), *(slice(2 * r.start, 2 * r.stop) for r in region))] = crop_to(
-            values, covered, region
-        )
-    return probabilities.cpu()
+        if fine is None:
+            return
+        region, probabilities = fine.region, fine.logits.float().softmax(dim=0)
+    else:
+        (coarse_region,) = fine_regions(coarse[None], branch.fine_region_threshold, branch.fine_region_margin)
+        if coarse_region is None:
+            return
+        values, covered = upsampled_region(coarse.softmax(dim=0), coarse_region, halo=1)
+        region = tuple(slice(2 * r.start, 2 * r.stop) for r in coarse_region)
+        probabilities = crop_to(values, covered, coarse_region)
+    window.add_region_to_volume(total, region, (probabilities - background.to(probabilities.device)).cpu())
 
 
 class BranchVoxelCounter:
@@ -185,10 +191,9 @@ def run_detector(
             if vouching:
                 branch_voxels.add(current, outputs["seg_full_logits"][0].float().softmax(dim=0).cpu())
             if stitch:
-                window_probabilities = _window_probabilities(outputs, current, config.model.segmentation_branch)
                 if seg_total is None:
-                    seg_total = torch.zeros((window_probabilities.shape[0], *shape))
-                current.add_to_volume(seg_total, window_probabilities)
+                    seg_total = torch.zeros((config.model.num_classes + 1, *shape))
+                _add_window_segmentation(seg_total, outputs, current, config.model.segmentation_branch)
     finally:
         model.train(was_training)
     per_class = list(zip(*per_window, strict=True))

@@ -72,8 +72,21 @@ class Window:
 
     def add_to_volume(self, total: torch.Tensor, values: torch.Tensor) -> None:
         """Add this window's ``values [C, *size]`` into the volume-sized ``total [C, D0, D1, D2]`` (in place)."""
+        self.add_region_to_volume(total, tuple(slice(0, n) for n in self.size), values)
+
+    def add_region_to_volume(self, total: torch.Tensor, region: Sequence[slice], values: torch.Tensor) -> None:
+        """Add ``values [C, *region size]``, which cover ``region`` (slices of this window's grid), into ``total``."""
         in_volume, in_window = self.overlap(total.shape[1:])
-        total[(slice(None), *in_volume)] += values[(slice(None), *in_window)]
+        lo = [max(r.start, w.start) for r, w in zip(region, in_window, strict=True)]
+        hi = [min(r.stop, w.stop) for r, w in zip(region, in_window, strict=True)]
+        if any(a >= b for a, b in zip(lo, hi, strict=True)):
+            return
+        target = tuple(
+            slice(v.start + a - w.start, v.start + b - w.start)
+            for a, b, v, w in zip(lo, hi, in_volume, in_window, strict=True)
+        )
+        source = tuple(slice(a - r.start, b - r.start) for a, b, r in zip(lo, hi, region, strict=True))
+        total[(slice(None), *target)] += values[(slice(None), *source)]
 
     def coarsened(self, strides: Sequence[int]) -> Window:
         """This window on a grid ``strides`` times coarser (a start that is not a multiple is rounded down)."""
