@@ -191,10 +191,12 @@ def test_console_script_reports_bad_input_in_one_line(tiny_checkpoint, tmp_path)
 
 
 def test_detect_process_leaves_monai_matplotlib_and_other_commands_unimported(small_abdomen_ct, tmp_path) -> None:
-    """detect with the shipped model, in its own process: MONAI (seconds to import), matplotlib (only for --overlay)
-    and the other commands' modules stay unimported."""
+    """detect with the shipped model, refining its boxes, in its own process: MONAI (seconds to import), scipy.ndimage
+    (box refinement labels components with SimpleITK), matplotlib (only for --overlay) and the other commands' modules
+    stay unimported."""
     unwanted = (
         "monai",
+        "scipy.ndimage",
         "matplotlib",
         "organdetr.train",
         "organdetr.evaluate",

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.data.box_utils import box_giou, box_iou
-from organdetr.box_ops import matched_giou, pairwise_giou, pairwise_iou
+from monai.data.box_utils import box_giou, box_iou, convert_box_mode
+from organdetr.box_ops import (
+    center_size_to_corners,
+    corners_to_center_size,
+    matched_giou,
+    pairwise_giou,
+    pairwise_iou,
+)
 
 
 def corners(boxes: torch.Tensor) -> torch.Tensor:
@@ -18,6 +24,13 @@ def test_overlaps_agree_with_monai_on_random_boxes(make_boxes) -> None:
     torch.testing.assert_close(pairwise_iou(a, b), box_iou(corners(a), corners(b)))
     torch.testing.assert_close(pairwise_giou(a, b), box_giou(corners(a), corners(b)))
     torch.testing.assert_close(matched_giou(a[:9], b), pairwise_giou(a[:9], b).diagonal())
+
+
+def test_conversions_agree_with_monai(make_boxes) -> None:
+    boxes = make_boxes(10, torch.Generator().manual_seed(1))
+    as_corners = center_size_to_corners(boxes)
+    torch.testing.assert_close(as_corners, convert_box_mode(boxes, src_mode="cccwhd", dst_mode="xyzxyz"))
+    torch.testing.assert_close(corners_to_center_size(as_corners), boxes)
 
 
 def test_hand_computed_pair() -> None:

@@ -24,8 +24,10 @@ from .postprocess import DecodedOrgan
 
 
 def component_boxes(label_map: np.ndarray, label: int, min_voxels: int) -> torch.Tensor:
-    """Normalised centre-size boxes ``[C, 6]`` of the connected components of ``label`` (voxel-edge convention)."""
-    from scipy import ndimage  # here: ~0.3 s to import, and models without refinement never need it
+    """Normalised centre-size boxes ``[C, 6]`` of the connected components of ``label`` (face connectivity,
+    voxel-edge convention)."""
+    # SimpleITK, which reads every image anyway: scipy.ndimage would add ~0.6 s of imports to a detect process.
+    import SimpleITK as sitk
 
     mask = label_map == label
     # Label only the organ's bounding box: a small part of the volume.
@@ -35,14 +37,17 @@ def component_boxes(label_map: np.ndarray, label: int, min_voxels: int) -> torch
     if not spans[0].size:
         return torch.zeros(0, 6)
     offset = np.array([span[0] for span in spans])
-    components, count = ndimage.label(mask[tuple(slice(span[0], span[-1] + 1) for span in spans)])
-    shape = np.asarray(label_map.shape, dtype=np.float64)
-    sizes = np.bincount(components.ravel(), minlength=count + 1)
-    corners = [
-        np.concatenate([[s.start for s in slices] + offset, [s.stop for s in slices] + offset]) / np.tile(shape, 2)
-        for index, slices in enumerate(ndimage.find_objects(components), start=1)
-        if sizes[index] >= min_voxels
-    ]
+    crop = mask[tuple(slice(span[0], span[-1] + 1) for span in spans)].astype(np.uint8)
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray(crop), False)
+    shapes = sitk.LabelShapeStatisticsImageFilter()
+    shapes.Execute(components)
+    corners = []
+    for component in shapes.GetLabels():
+        if shapes.GetNumberOfPixels(component) < min_voxels:
+            continue
+        box = shapes.GetBoundingBox(component)  # SimpleITK index order: the array's axes reversed
+        start, size = np.array(box[:3][::-1]) + offset, np.array(box[3:][::-1])
+        corners.append(np.concatenate([start, start + size]) / np.tile(label_map.shape, 2))
     if not corners:
         return torch.zeros(0, 6)
     return corners_to_center_size(torch.as_tensor(np.stack(corners), dtype=torch.float32))
