@@ -158,6 +158,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from organdetr.atomic_file import atomic_write_text
+    from organdetr.checkpoint import rewrite_config
 
     observations, median_voxels, loaded = collect(args.model, args.data, args.cases)
     rule = choose_rule(observations, median_voxels, keep=args.keep)
@@ -178,11 +179,10 @@ def main() -> int:
         }
         atomic_write_text(args.output, json.dumps(summary, indent=1))
     if args.write_config:
-        config = loaded.config
-        presence = dataclasses.replace(config.presence, threshold=rule.threshold, min_segmented_voxels=min_voxels)
-        config_path = loaded.directory / "config.json"
-        atomic_write_text(config_path, dataclasses.replace(config, presence=presence).to_json())
-        print(f"wrote {config_path}")
+        presence = dataclasses.replace(
+            loaded.config.presence, threshold=rule.threshold, min_segmented_voxels=min_voxels
+        )
+        print(f"wrote {rewrite_config(loaded, presence=presence)}")
     return 0
 
 

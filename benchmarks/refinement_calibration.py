@@ -1,14 +1,14 @@
 """Refinement calibration: fit the ``weighted`` box rule of a model on TRAINING cases.
 
-The first ``--cases`` training cases go through the shared inference path with refinement off and the segmentation
-on. For every annotated organ in a case, its query box, the component that refinement would trust
+The training cases (the first ``--cases``, default all) go through the shared inference path with refinement off and
+the segmentation on. For every annotated organ in a case, its query box, the component that refinement would trust
 (``organdetr.box_refinement.best_component``) and its true box are taken as corners in network voxels. Per organ
 and corner, ``fit_corner_mix`` gives the component's share of the least-squares mix and the mix's mean error; both
 go into ``BoxRefinementConfig`` (``box_rule`` "weighted"). Organs with fewer than ``--min-organs`` components keep
 their query boxes. Validation stays untouched for ``organdetr evaluate``.
 
     python benchmarks/refinement_calibration.py --model FOLDER --data ../shared/data/openkbp/dataset.json \\
-        --cases 60 [--cache-dir DIR] [--output calibration.json] [--write-config]
+        [--cases N] [--cache-dir DIR] [--output calibration.json] [--write-config]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from organdetr.box_ops import boxes_from_label_map, center_size_to_corners
 from organdetr.box_refinement import best_component, fit_corner_mix
 
 
-def collect(model_dir: str | None, data: Path, cases: int, cache_dir: Path | None):
+def collect(model_dir: str | None, data: Path, cases: int | None, cache_dir: Path | None):
     """Per organ the ``[N, 6]`` voxel corners of query boxes, trusted components and truths, and the model."""
     from organdetr.checkpoint import load_checkpoint
     from organdetr.dataset import MIN_OBJECT_VOXELS, CaseCache, load_dataset_json
@@ -58,7 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     parser.add_argument("--data", type=Path, required=True, help="dataset.json with a training split")
-    parser.add_argument("--cases", type=int, default=60, help="training cases (the first N)")
+    parser.add_argument("--cases", type=int, default=None, help="training cases (the first N; default all)")
     parser.add_argument("--min-organs", type=int, default=10, help="fewest components to fit an organ's mix")
     parser.add_argument("--cache-dir", type=Path, default=None, help="preprocessed-volume cache (as for train)")
     parser.add_argument("--output", type=Path, default=None, help="JSON with the fitted mix per organ")
@@ -68,6 +68,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from organdetr.atomic_file import atomic_write_text
+    from organdetr.checkpoint import rewrite_config
 
     corners, loaded = collect(args.model, args.data, args.cases, args.cache_dir)
     weights, biases = {}, {}
@@ -81,16 +82,17 @@ def main() -> int:
         biases[name] = tuple(round(float(b), 3) for b in bias)
         print(f"{name}: {len(rows)} components; component share {weights[name]}; bias (voxels) {biases[name]}")
     if args.output is not None:
-        summary = {"cases": args.cases, "component_weights": weights, "corner_bias_voxels": biases}
+        summary = {"cases": args.cases or "all", "component_weights": weights, "corner_bias_voxels": biases}
         atomic_write_text(args.output, json.dumps(summary, indent=1))
     if args.write_config:
-        config = loaded.config
         refinement = dataclasses.replace(
-            config.refinement, enabled=True, box_rule="weighted", component_weights=weights, corner_bias_voxels=biases
+            loaded.config.refinement,
+            enabled=True,
+            box_rule="weighted",
+            component_weights=weights,
+            corner_bias_voxels=biases,
         )
-        config_path = loaded.directory / "config.json"
-        atomic_write_text(config_path, dataclasses.replace(config, refinement=refinement).to_json())
-        print(f"wrote {config_path}")
+        print(f"wrote {rewrite_config(loaded, refinement=refinement)}")
     return 0
 
 

@@ -3,10 +3,10 @@
 OpenKBP pt_201 (a validation case) whole, cut below the head and cut above the larynx (``Testing/presence_cuts.py``
 makes the cuts from the case's own label map), and an upper-abdomen slab where no head-and-neck organ exists.
 
-The shipped model (2.4.0, with 2.3.1's presence) does not yet reliably tell a mandible that ends right at the scan's edge from one just
-beyond it (2 of 22 validation scans cut below the head, model card). Its absence is not asserted until a model that
-knows it ships. Every other organ (the esophagus since 2.3.0, the larynx since 2.3.1), and every organ that IS in the
-scan, is.
+The shipped model (2.4.0, with 2.3.1's presence) does not yet reliably tell a mandible that ends right at the scan's
+edge from one just beyond it (2 of 22 validation scans cut below the head, model card). Its absence is not asserted
+until a model that knows it ships. Every other organ (the esophagus since 2.3.0, the larynx since 2.3.1), and every
+organ that IS in the scan, is.
 """
 
 from __future__ import annotations

@@ -7,11 +7,13 @@ Every problem with a checkpoint folder is reported as a one-line :class:`UserInp
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -53,6 +55,14 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: DetectorCon
     write_weights(weights_path, model, config.class_names)
     atomic_write_text(config_path, config.to_json())
     return directory
+
+
+def rewrite_config(loaded: LoadedDetector, **changes: Any) -> Path:
+    """Replace fields of a loaded model's config (e.g. a calibrated ``presence`` or ``refinement``) in its
+    ``config.json``, atomically; the weights stay as they are. Returns the file."""
+    path = loaded.directory / CONFIG_FILE
+    atomic_write_text(path, dataclasses.replace(loaded.config, **changes).to_json())
+    return path
 
 
 def write_weights(path: Path, model: nn.Module, class_names: Sequence[str]) -> None:
