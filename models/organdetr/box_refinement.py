@@ -3,8 +3,9 @@
 For each organ the connected components of its label in the segmentation are candidates; the one whose bounding box
 overlaps the query's box most is trusted when that overlap reaches ``min_iou``, and then replaces the query's box,
 is averaged with it, or (``weighted``) is mixed with it corner by corner with weights calibrated on training cases
-(:func:`fit_corner_mix`; the least-squares mix of two estimates whose errors differ by organ and edge: the query is
-better at an organ's head-foot ends, the component in-plane), the calibrated mean error subtracted (``box_rule``).
+(:func:`fit_corner_mix`: the least-squares mix of two estimates whose errors differ by organ and edge, e.g. the
+mandible's component is trusted for its inferior edge and its query for its superior one), the calibrated mean error
+subtracted (``box_rule``).
 Otherwise (no component, or only far-away ones: the segmentation has no support there) the query's box stays. The
 detection records which it was. With ``score_by_agreement`` the score is scaled by that overlap, the agreement of two
 estimates of the box, so that it predicts the box's quality.
@@ -79,8 +80,13 @@ def fit_corner_mix(query: np.ndarray, component: np.ndarray, truth: np.ndarray) 
     return weights, bias
 
 
-def _mixed(query: torch.Tensor, component: torch.Tensor, weights: Sequence[float], bias_voxels: Sequence[float],
-           shape: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def _mixed(
+    query: torch.Tensor,
+    component: torch.Tensor,
+    weights: Sequence[float],
+    bias_voxels: Sequence[float],
+    shape: torch.Tensor,
+) -> torch.Tensor:
     """``weights`` x component + the rest x query, corner-wise, minus the bias; normalised centre-size boxes."""
     share = torch.tensor(weights, dtype=torch.float32)
     bias = torch.tensor(bias_voxels, dtype=torch.float32) / torch.cat([shape, shape])

@@ -100,13 +100,13 @@ def _add_window_segmentation(
     background = torch.zeros(total.shape[0], 1, 1, 1)
     background[0] = 1.0
     window.add_to_volume(total, background.expand(-1, *window.size))
-    coarse = outputs["seg_full_logits"][0].float()
     if "seg_fine_logits" in outputs:
         fine = outputs["seg_fine_logits"][0]
         if fine is None:
             return
         region, probabilities = fine.region, fine.logits.float().softmax(dim=0)
     else:
+        coarse = outputs["seg_full_logits"][0].float()
         (coarse_region,) = fine_regions(coarse[None], branch.fine_region_threshold, branch.fine_region_margin)
         if coarse_region is None:
             return
