@@ -8,9 +8,9 @@ Even a perfect segmentation seen at stride 2 bounds its boxes at a mean IoU of 0
 training cases), too coarse for boxes at IoU 0.75. With ``output_stride`` 1 a **fine stage** adds the input grid:
 the stride-2 features upsampled x2 and joined with the image, two convs and a 1x1x1 classifier whose output is
 added to the upsampled stride-2 logits (a residual: zero-initialised, the stage starts as the upsampled logits and
-learns the corrections): ``seg_fine_logits``. The stage costs ~4x a training step over a whole 128^3 window on a
-CPU, so it runs only in the **region** where the stride-2 logits see an organ (any organ's probability at or above
-``fine_region_threshold``, plus ``fine_region_margin`` stride-2 voxels): the fine logits are that region's, and
+learns the corrections): ``seg_fine_logits``. Over a whole 128^3 window the stage costs ~5x a branch-only training
+step on a CPU, so it runs only in the **region** where the stride-2 logits see an organ (any organ's probability at or
+above ``fine_region_threshold``, plus ``fine_region_margin`` stride-2 voxels): the fine logits are that region's, and
 outside it (every organ below the threshold) the input grid is background, in training and in inference. Without
 normalisation layers in the stage, the region's logits are those the whole grid would give. The branch's organs
 refine the query boxes (:mod:`organdetr.box_refinement`) and are the segmentation preview.
