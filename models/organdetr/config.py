@@ -91,7 +91,7 @@ class SegmentationBranchConfig:
     channels: tuple[int, int] = (16, 8)
     # 2: logits at stride 2 only, upsampled (trilinear) where the input grid is needed. 1: also the fine stage's
     # input-grid logits, computed in the region where the stride-2 logits see an organ (a whole-window fine stage
-    # costs ~4x a small-preset training step on CPU: 11.5 s vs 2.3 s for a branch-only step, batch 2, 1 thread).
+    # makes a branch-only training step ~5x slower on CPU: 11.5 s vs 2.3 s, batch 2, 1 thread; the region: 4.3 s).
     output_stride: int = 2
     # The fine stage's region: stride-2 voxels where any organ's probability reaches this, grown by the margin.
     fine_region_threshold: float = 0.05
