@@ -11,6 +11,7 @@ from organdetr.config import LossConfig, MatcherConfig
 from organdetr.criterion import SetCriterion
 from organdetr.matcher import DenseQueryMatcher
 from organdetr.organ_detr import build_model
+from organdetr.segmentation_branch import FineLogits
 
 NUM_CLASSES = 3
 GT_BOX = [0.5, 0.5, 0.5, 0.2, 0.2, 0.2]
@@ -244,6 +245,26 @@ def test_segmentation_branch_loss_is_weighted_into_the_total(make_outputs) -> No
     )
     detection = sum(criterion.weights[name] * losses[name] for name in ("loss_class", "loss_bbox", "loss_giou"))
     assert losses["loss"].item() == pytest.approx((detection + 3.0 * losses["loss_seg_branch"]).item(), rel=1e-6)
+
+
+def test_fine_stage_loss_is_the_segmentation_loss_of_each_region(make_outputs) -> None:
+    label_map = torch.zeros(8, 8, 8, dtype=torch.long)
+    label_map[2:5, 2:6, 3:5] = 1
+    labels, boxes = boxes_from_label_map(label_map, NUM_CLASSES)
+    target = {"labels": labels, "boxes": boxes, "annotated": torch.tensor([True, False, True]), "label_map": label_map}
+    region = (slice(1, 7), slice(0, 8), slice(2, 6))
+    logits = torch.randn(NUM_CLASSES + 1, 6, 8, 4)
+    outputs = make_outputs(2, 4, NUM_CLASSES)
+    outputs["seg_full_logits"] = torch.randn(2, NUM_CLASSES + 1, 4, 4, 4)
+    outputs["seg_fine_logits"] = [FineLogits(region=region, logits=logits), None]  # the second sample: no organ seen
+    criterion = one_to_one_criterion(weight_seg_fine=5.0)
+    losses = criterion(outputs, [target, target])
+    cropped = dict(target, label_map=label_map[region])
+    expected = criterion.loss_seg([logits[None]], [cropped])  # only the sample with a region counts
+    assert losses["loss_seg_fine"].item() == pytest.approx(expected.item())
+    assert "loss_seg_fine" in losses and losses["loss"].item() > 5.0 * expected.item()
+    outputs["seg_fine_logits"] = [None, None]
+    assert criterion(outputs, [target, target])["loss_seg_fine"].item() == 0.0  # nothing to segment finer
 
 
 def test_presence_loss_counts_annotated_organs_only_by_hand() -> None:
