@@ -144,7 +144,7 @@ def test_segmentation_is_computed_in_the_branch_region(tiny_config, head_neck_vo
     coarse = outputs["seg_full_logits"]
     # Random weights see organs everywhere at the default threshold: take one that leaves a real region.
     branch.fine_region_threshold = float((1 - coarse.softmax(dim=1)[:, 0]).flatten().quantile(0.97))
-    (region,) = fine_regions(coarse, branch.fine_region_threshold, branch.fine_region_margin)
+    (region,) = fine_regions(coarse.softmax(dim=1), branch.fine_region_threshold, branch.fine_region_margin)
     inside = tuple(slice(2 * r.start, 2 * r.stop) for r in region)
     with torch.inference_mode():
         outputs = model(volume.image[None], return_segmentation=True)

@@ -333,7 +333,7 @@ def test_fine_regions_cover_the_organ_cells_plus_the_margin() -> None:
     logits = torch.zeros(2, 3, 8, 8, 8)
     logits[:, 0] = 10.0  # background everywhere
     logits[0, 2, 3:5, 0:2, 6] = 20.0  # organ 2 in sample 0 only
-    regions = fine_regions(logits, threshold=0.5, margin=1)
+    regions = fine_regions(logits.softmax(dim=1), threshold=0.5, margin=1)
     assert regions == [(slice(2, 6), slice(0, 3), slice(5, 8)), None]  # grown by 1, clipped at the edges
 
 
@@ -351,7 +351,7 @@ def test_fine_stage_in_its_region_equals_the_whole_grid() -> None:
         upsampled = F.interpolate(coarse, size=(32,) * 3, mode="trilinear")
         features = torch.cat([F.interpolate(half, scale_factor=2, mode="trilinear"), images], dim=1)
         whole = upsampled + branch.fine_classifier(branch.fine_units(features))
-    for b, (item, region) in enumerate(zip(fine, fine_regions(coarse, 0.93, 1), strict=True)):
+    for b, (item, region) in enumerate(zip(fine, fine_regions(coarse.softmax(dim=1), 0.93, 1), strict=True)):
         assert item.region == tuple(slice(2 * r.start, 2 * r.stop) for r in region)
         inside = torch.zeros(32, 32, 32, dtype=torch.bool)
         inside[item.region] = True

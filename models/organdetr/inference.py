@@ -21,7 +21,7 @@ from .config import DetectorConfig, SegmentationBranchConfig
 from .errors import UserInputError
 from .postprocess import DecodedOrgan, decode_detections
 from .preprocess import PreprocessedVolume
-from .segmentation_branch import crop_to, fine_regions, upsampled_region
+from .segmentation_branch import crop_to, fine_regions, on_input_grid, upsampled_region
 from .windows import Window, plan_windows
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -81,16 +81,21 @@ def _window_organs(organs: list[DecodedOrgan], window: Window, shape: Sequence[i
 
 
 def _add_window_segmentation(
-    total: torch.Tensor, outputs: dict, window: Window, branch: SegmentationBranchConfig
+    total: torch.Tensor,
+    outputs: dict,
+    branch_probabilities: torch.Tensor | None,
+    window: Window,
+    branch: SegmentationBranchConfig,
 ) -> None:
     """Add one window's class probabilities on the network grid into ``total [C, *volume]`` (CPU).
 
-    With a segmentation branch, only its region (where the stride-2 logits see an organ,
-    :func:`~organdetr.segmentation_branch.fine_regions`) is computed: the fine stage's probabilities, or the stride-2
-    ones upsampled (trilinear) there; outside it every organ is below the region threshold: background. Without a
-    branch, the finest multiscale head's probabilities, upsampled over the whole window.
+    With a segmentation branch (its stride-2 class probabilities ``branch_probabilities [C, *grid]``), only its region
+    (where those see an organ, :func:`~organdetr.segmentation_branch.fine_regions`) is computed: the fine stage's
+    probabilities, or the stride-2 ones upsampled (trilinear) there; outside it every organ is below the region
+    threshold: background. Without a branch, the finest multiscale head's probabilities, upsampled over the whole
+    window.
     """
-    if "seg_full_logits" not in outputs:
+    if branch_probabilities is None:
         if not outputs.get("seg_logits"):
             raise UserInputError("this model has no segmentation heads; run it without segmentation output")
         probabilities = outputs["seg_logits"][0].float().softmax(dim=1)
@@ -106,13 +111,12 @@ def _add_window_segmentation(
             return
         region, probabilities = fine.region, fine.logits.float().softmax(dim=0)
     else:
-        coarse = outputs["seg_full_logits"][0].float()
-        (coarse_region,) = fine_regions(coarse[None], branch.fine_region_threshold, branch.fine_region_margin)
+        threshold, margin = branch.fine_region_threshold, branch.fine_region_margin
+        (coarse_region,) = fine_regions(branch_probabilities[None], threshold, margin)
         if coarse_region is None:
             return
-        values, covered = upsampled_region(coarse.softmax(dim=0), coarse_region, halo=1)
-        region = tuple(slice(2 * r.start, 2 * r.stop) for r in coarse_region)
-        probabilities = crop_to(values, covered, coarse_region)
+        values, covered = upsampled_region(branch_probabilities, coarse_region, halo=1)
+        region, probabilities = on_input_grid(coarse_region), crop_to(values, covered, coarse_region)
     window.add_region_to_volume(total, region, (probabilities - background.to(probabilities.device)).cpu())
 
 
@@ -188,12 +192,17 @@ def run_detector(
             organs = decode_detections(outputs, top_k=top_k)[0]
             ranks = [o.score - (CUT_SCORE_PENALTY if current.cuts_box(o.box, shape) else 0.0) for o in organs]
             per_window.append(list(zip(ranks, _window_organs(organs, current, shape), strict=True)))
+            # The branch's stride-2 probabilities, once: they vouch for presence and place the stitched region.
+            branch_probabilities = (
+                outputs["seg_full_logits"][0].float().softmax(dim=0) if has_branch and (stitch or vouching) else None
+            )
             if vouching:
-                branch_voxels.add(current, outputs["seg_full_logits"][0].float().softmax(dim=0).cpu())
+                branch_voxels.add(current, branch_probabilities.cpu())
             if stitch:
                 if seg_total is None:
                     seg_total = torch.zeros((config.model.num_classes + 1, *shape))
-                _add_window_segmentation(seg_total, outputs, current, config.model.segmentation_branch)
+                branch_config = config.model.segmentation_branch
+                _add_window_segmentation(seg_total, outputs, branch_probabilities, current, branch_config)
     finally:
         model.train(was_training)
     per_class = list(zip(*per_window, strict=True))

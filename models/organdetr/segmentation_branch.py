@@ -51,12 +51,11 @@ def _fine_unit(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1), nn.LeakyReLU(LEAKY_SLOPE))
 
 
-def fine_regions(coarse_logits: Tensor, threshold: float, margin: int) -> list[Region | None]:
-    """Per sample, the stride-2 box where any organ's probability reaches ``threshold``, grown by ``margin`` voxels
-    (``None``: no organ anywhere)."""
-    organ_probability = 1.0 - coarse_logits.detach().float().softmax(dim=1)[:, 0]
+def fine_regions(probabilities: Tensor, threshold: float, margin: int) -> list[Region | None]:
+    """Per sample of the stride-2 class probabilities ``[B, K+1, ...]`` (channel 0: background), the box where any
+    organ's probability reaches ``threshold``, grown by ``margin`` voxels (``None``: no organ anywhere)."""
     regions: list[Region | None] = []
-    for seen in organ_probability >= threshold:
+    for seen in 1.0 - probabilities[:, 0] >= threshold:
         if not seen.any():
             regions.append(None)
             continue
@@ -69,6 +68,11 @@ def fine_regions(coarse_logits: Tensor, threshold: float, margin: int) -> list[R
     return regions
 
 
+def on_input_grid(region: Region) -> Region:
+    """Stride-2 slices -> the input-grid slices they cover."""
+    return tuple(slice(2 * r.start, 2 * r.stop) for r in region)
+
+
 def upsampled_region(coarse: Tensor, region: Region, halo: int) -> tuple[Tensor, Region]:
     """``coarse [C, *stride-2 grid]`` upsampled x2 (trilinear) over ``region`` grown by ``halo`` (clipped to the grid):
     the values, equal to the whole grid's upsampled and cropped at least one input-grid voxel inside the halo, and
@@ -77,7 +81,7 @@ def upsampled_region(coarse: Tensor, region: Region, halo: int) -> tuple[Tensor,
         slice(max(r.start - halo, 0), min(r.stop + halo, n)) for r, n in zip(region, coarse.shape[1:], strict=True)
     )
     values = F.interpolate(coarse[(slice(None), *read)][None], scale_factor=2, mode="trilinear", align_corners=False)
-    return values[0], tuple(slice(2 * r.start, 2 * r.stop) for r in read)
+    return values[0], on_input_grid(read)
 
 
 def crop_to(values: Tensor, covered: Region, region: Region) -> Tensor:
@@ -124,7 +128,8 @@ class SegmentationBranch(nn.Module):
         coarse = self.classifier(half)
         outputs: dict[str, Tensor | list[FineLogits | None]] = {"seg_full_logits": coarse}
         if self.fine_units is not None and self.fine_classifier is not None:
-            regions = fine_regions(coarse, self.config.fine_region_threshold, self.config.fine_region_margin)
+            probabilities = coarse.detach().float().softmax(dim=1)
+            regions = fine_regions(probabilities, self.config.fine_region_threshold, self.config.fine_region_margin)
             outputs["seg_fine_logits"] = [
                 None if region is None else self._fine(half[b], coarse[b], images[b], region)
                 for b, region in enumerate(regions)
@@ -140,4 +145,4 @@ class SegmentationBranch(nn.Module):
         )
         upsampled, _ = upsampled_region(coarse, region, FINE_HALO)
         logits = crop_to(upsampled + stage[0], covered, region)
-        return FineLogits(region=tuple(slice(2 * r.start, 2 * r.stop) for r in region), logits=logits)
+        return FineLogits(region=on_input_grid(region), logits=logits)
