@@ -3,10 +3,10 @@
 OpenKBP pt_201 (a validation case) whole, cut below the head and cut above the larynx (``Testing/presence_cuts.py``
 makes the cuts from the case's own label map), and an upper-abdomen slab where no head-and-neck organ exists.
 
-The shipped model (2.4.0, with 2.3.1's presence) does not yet reliably tell a mandible that ends right at the scan's
-edge from one just beyond it (2 of 22 validation scans cut below the head, model card). Its absence is not asserted
-until a model that knows it ships. Every other organ (the esophagus since 2.3.0, the larynx since 2.3.1), and every
-organ that IS in the scan, is.
+Every organ that is in the scan is judged present and every one that is not, absent. Before 2.5.0 the shipped model
+did not reliably tell a mandible that ends right at the scan's edge from one just beyond it (2 of 22 validation scans
+cut below the head), and the test skipped that organ's absence; 2.5.0 reports none of the 80 absent organs of those
+scans (model card), so every organ is checked.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import SimpleITK as sitk
 from organdetr_backend.image_io import LoadedImage, read_image
 from organdetr_backend.predictor import Predictor
 from presence_cuts import CUTS, cut_case, presence_truth
-
-NOT_YET_RELIABLE_ABSENCE = ("Mandible",)
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +37,7 @@ def test_organs_of_a_cut_head_and_neck_scan(shipped, head_neck_case, cut):
     cut_image, cut_label = cut_case(image, label, cut, names)
     truth = presence_truth(label, cut_label, names, names)
     judged = _judged_present(shipped, cut_image)
-    checked = {
-        organ: present
-        for organ, present in truth.items()
-        if present is not None and (present or organ not in NOT_YET_RELIABLE_ABSENCE)
-    }
+    checked = {organ: present for organ, present in truth.items() if present is not None}
     wrong = {organ: judged[organ] for organ, present in checked.items() if judged[organ] != present}
     assert not wrong, f"{cut}: truth {truth}, judged {judged}"
     assert cut != "below_head" or not all(checked.values())  # the head's organs are checked as absent
