@@ -1,4 +1,4 @@
-"""box_ops overlap measures against MONAI and against a pair computed by hand."""
+"""box_ops overlap measures against MONAI and against a pair computed by hand; boxes of a label map by hand."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 from monai.data.box_utils import box_giou, box_iou, convert_box_mode
 from organdetr.box_ops import (
+    boxes_from_label_map,
     center_size_to_corners,
     corners_to_center_size,
     matched_giou,
@@ -47,3 +48,17 @@ def test_matched_giou_has_gradients() -> None:
     b = torch.tensor([[0.55, 0.5, 0.5, 0.2, 0.2, 0.2]])
     matched_giou(a, b).sum().backward()
     assert a.grad is not None and float(a.grad[0, 0]) > 0  # moving a towards b increases the overlap
+
+
+def test_boxes_of_a_label_map_by_hand() -> None:
+    label_map = torch.zeros(10, 20, 40, dtype=torch.uint8)
+    label_map[2:5, 4:8, 10:30] = 3  # organ 3: 240 voxels
+    label_map[0, 0, 0:4] = 1  # organ 1: 4 voxels, below min_voxels
+    label_map[9, 19, 39] = 9  # not an organ of a 7-class model
+    classes, boxes = boxes_from_label_map(label_map, 7, min_voxels=5)
+    assert classes.tolist() == [2]  # 0-based
+    # Outer voxel edges: lo = first index, hi = last index + 1, normalised by the axis length.
+    expected = torch.tensor([[2 / 10, 4 / 20, 10 / 40, 5 / 10, 8 / 20, 30 / 40]])
+    torch.testing.assert_close(center_size_to_corners(boxes), expected)
+    assert boxes_from_label_map(label_map.to(torch.int16) - 1, 7, min_voxels=5)[0].tolist() == [1]  # -1: background
+    assert boxes_from_label_map(label_map, 7)[0].tolist() == [0, 2]

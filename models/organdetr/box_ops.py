@@ -57,10 +57,12 @@ def boxes_from_label_map(
     """
     from monai.transforms import BoundingRect
 
-    labels = torch.as_tensor(np.asarray(label_map)).long()
+    labels = torch.as_tensor(np.asarray(label_map))
     shape = torch.tensor(labels.shape, dtype=torch.float32)
-    present = [int(v) for v in torch.unique(labels) if 1 <= int(v) <= num_classes]
-    present = [v for v in present if int((labels == v).sum()) >= min_voxels]
+    # One counting pass (a sort by torch.unique plus a pass per organ cost ~4x more: this runs per training sample).
+    # Values outside 1..num_classes are not organs: clamped into background and one discarded bucket.
+    counts = torch.bincount(labels.flatten().long().clamp(0, num_classes + 1), minlength=num_classes + 2)
+    present = [v for v in range(1, num_classes + 1) if int(counts[v]) >= min_voxels]
     if not present:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, 6)
     one_hot = torch.stack([labels == v for v in present]).numpy()
