@@ -134,6 +134,8 @@ def test_augmentation_recomputes_boxes_and_is_reproducible(dataset_json) -> None
     dataset.set_epoch(1)
     moved, moved_target, _ = dataset[0]
     assert not torch.equal(moved, image)
+    # The epoch can travel with the key instead (loader workers that outlive an epoch): the same samples.
+    assert torch.equal(dataset[(0, 0)][0], image) and torch.equal(dataset[(1, 0)][0], moved)
     assert image.shape == cases[0].image.shape and image.dtype == torch.float32
     for sample_target in (target, moved_target):
         labels, boxes = sample_target["labels"], sample_target["boxes"]

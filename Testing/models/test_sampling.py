@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from organdetr.sampling import RareOrganSampler, rare_organ_weights
+from organdetr.sampling import EpochOrder, RareOrganSampler, rare_organ_weights
 
 
 def _annotated(rows: list[list[int]]) -> list[torch.Tensor]:
@@ -39,3 +39,33 @@ def test_ranks_take_disjoint_slices_of_one_draw():
     generator = torch.Generator().manual_seed(1 * 1_000_003 + 4)
     draw = torch.multinomial(weights.double(), 6, replacement=True, generator=generator).tolist()
     assert list(ranks[0]) == draw[0::2] and list(ranks[1]) == draw[1::2]
+
+
+class _Keys(torch.utils.data.Dataset):
+    """Answers with the key it was asked for (and whether it came as a tuple) and the worker process that answered."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, key):
+        return isinstance(key, tuple), key, torch.utils.data.get_worker_info().id
+
+
+def _as_list(batch):
+    return batch
+
+
+def test_epoch_order_reaches_workers_that_outlive_an_epoch():
+    order = EpochOrder()
+    loader = torch.utils.data.DataLoader(
+        _Keys(), batch_size=2, sampler=order, num_workers=2, persistent_workers=True, collate_fn=_as_list
+    )
+    seen, workers = [], set()
+    for epoch, indices in enumerate(([2, 0, 1], [3, 1])):
+        order.set(indices, epoch)
+        answers = [answer for batch in loader for answer in batch]
+        assert all(is_tuple for is_tuple, _, _ in answers)
+        seen.append([key for _, key, _ in answers])
+        workers |= {worker for _, _, worker in answers}
+    assert seen == [[(0, 2), (0, 0), (0, 1)], [(1, 3), (1, 1)]]
+    assert workers == {0, 1} and len(order) == 2

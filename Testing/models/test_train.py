@@ -129,12 +129,13 @@ def test_training_steps_reduce_the_loss_and_write_the_run_folder(setup, tmp_path
     assert train(setup, output, "--epochs", "1") == 2
 
 
-def test_resume_continues_exactly(setup, tmp_path) -> None:
+@pytest.mark.parametrize("workers", ["0", "2"])  # 2: loader workers that live across epochs
+def test_resume_continues_exactly(setup, tmp_path, workers) -> None:
     # 2 cases, batch 1: 2 steps per epoch; the reference stops mid-epoch 2, the other run is interrupted twice.
-    common = ("--epochs", "3", "--batch-size", "1", "--warmup-steps", "2", "--val-every", "5")
+    common = ("--epochs", "3", "--batch-size", "1", "--warmup-steps", "2", "--val-every", "5", "--workers", workers)
     assert train(setup, tmp_path / "straight", *common, "--max-steps", "3") == 0
     assert train(setup, tmp_path / "split", *common, "--max-steps", "1") == 0
-    assert train(setup, tmp_path / "split", "--resume", "--max-steps", "3") == 0
+    assert train(setup, tmp_path / "split", "--resume", "--max-steps", "3", "--workers", workers) == 0
     straight = load_file(tmp_path / "straight" / "last" / "model.safetensors")
     split = load_file(tmp_path / "split" / "last" / "model.safetensors")
     assert straight.keys() == split.keys()

@@ -331,9 +331,10 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     With ``field_of_view`` each sample is a random field of view of its case in one network window
     (:mod:`organdetr.field_of_view`), then augmented; without it the case is used whole (its grid must then be the
-    window, as in the legacy fixed-shape contract). Randomness is a pure function of ``(seed, epoch, index)`` (call
-    :meth:`set_epoch`), so a resumed run sees exactly the samples an uninterrupted run would, whatever the number of
-    loader workers.
+    window, as in the legacy fixed-shape contract). Randomness is a pure function of ``(seed, epoch, index)``, so a
+    resumed run sees exactly the samples an uninterrupted run would, whatever the number of loader workers. The epoch
+    is the one of :meth:`set_epoch`, or comes with the key: ``dataset[(epoch, index)]``
+    (:class:`~organdetr.sampling.EpochOrder`, for workers that outlive an epoch).
     """
 
     def __init__(
@@ -357,9 +358,10 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.cases)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], str]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, torch.Tensor], str]:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         case = self.cases[index]
-        sample_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + index) % 2**32
+        sample_seed = (self.seed * 1_000_003 + epoch * 10_007 + index) % 2**32
         image, label_map, annotated = case.image.float(), case.label_map, case.annotated
         if self.field_of_view is not None:
             cut = sample_training_window(

@@ -41,3 +41,23 @@ class RareOrganSampler(torch.utils.data.Sampler[int]):
             self.weights, self.per_rank * self.num_replicas, replacement=True, generator=generator
         )
         return iter(draws[self.rank :: self.num_replicas].tolist())
+
+
+class EpochOrder(torch.utils.data.Sampler[tuple[int, int]]):
+    """An epoch's case order as ``(epoch, case index)`` keys for :class:`~organdetr.dataset.DetectionDataset`.
+
+    Loader workers that live across epochs (``persistent_workers``) hold their own copy of the dataset, so an epoch
+    set on the main process's copy would not reach them; the key carries it instead. :meth:`set` before each epoch.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, int]] = []
+
+    def set(self, order: Sequence[int], epoch: int) -> None:
+        self.keys = [(epoch, int(index)) for index in order]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(list(self.keys))
