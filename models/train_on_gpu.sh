@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One rerunnable training command for a GPU machine (issue 9, "train to target"): fine-tunes the shipped model with
 # the precision recipe (segmentation branch with its input-grid fine stage for box refinement, IoU-quality head,
-# rare organs oversampled; DQM lambda 0.2 as always), mixed precision (bf16 where supported), a
-# larger batch. Further options go last, so they override these (e.g. --batch-size 32 --lr 4e-4). Recalibrate the refinement on training cases afterwards
-# (benchmarks/refinement_calibration.py --write-config), then the presence rule (benchmarks/presence_calibration.py).
+# rare organs oversampled; DQM lambda 0.2 as always), mixed precision (bf16 where supported), a larger batch.
+# Further options go last, so they override these (e.g. --batch-size 32 --lr 4e-4). Recalibrate the refinement on
+# training cases afterwards (benchmarks/refinement_calibration.py --write-config), then the presence rule
+# (benchmarks/presence_calibration.py).
 # Run it again with the same folder and it resumes from last/; every call stops cleanly after MINUTES of training
 # (default 8, to fit a short lease), keeping last/ and best/ (best by validation mAP). Validate what it produces on
 # the CPU with `organdetr evaluate --model RUN/best --device cpu ...`.

@@ -60,4 +60,4 @@ class EpochOrder(torch.utils.data.Sampler[tuple[int, int]]):
         return len(self.keys)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(list(self.keys))
+        return iter(self.keys)  # set() replaces the list, never changes it
