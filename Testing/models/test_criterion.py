@@ -145,6 +145,35 @@ def test_segmentation_class_weights_weigh_an_organs_voxels_in_the_cross_entropy(
         SetCriterion(NUM_CLASSES, DenseQueryMatcher(MatcherConfig()), LossConfig(seg_class_weights={"organ2": 2.0}))
 
 
+def test_segmentation_loss_of_a_batch_is_the_mean_of_its_samples(make_outputs) -> None:
+    """The batch is computed at once: each sample keeps its own annotated channels, its own weighted voxel mean and
+    its own present organs (sample 0 annotates organs 1-2 and has no organ 3; sample 1 annotates all three, has no
+    organ 1 and fewer voxels of the heavy organ 2)."""
+    names = [f"organ{k}" for k in range(1, NUM_CLASSES + 1)]
+    criterion = SetCriterion(
+        NUM_CLASSES,
+        DenseQueryMatcher(MatcherConfig(dense_lambda=0.0)),
+        LossConfig(seg_class_weights={"organ2": 7.0}),
+        class_names=names,
+    )
+    first_logits, (first,) = seg_case([True, True, False], seed=3)
+    second_logits, (second,) = seg_case([True, True, True], seed=4)
+    second["label_map"] = torch.where(second["label_map"] == 1, 3, second["label_map"])
+    second["label_map"][5:8, 4:7, 1] = 0  # fewer organ-2 voxels: the samples' weighted voxel means differ
+    batch = [torch.cat([a, b]).detach().requires_grad_() for a, b in zip(first_logits, second_logits, strict=True)]
+    outputs = make_outputs(2, 4, NUM_CLASSES)
+    together = criterion({**outputs, "seg_logits": batch}, [first, second])["loss_seg"]
+    alone = [
+        criterion({**make_outputs(1, 4, NUM_CLASSES), "seg_logits": [level[b : b + 1] for level in batch]}, [t])
+        for b, t in enumerate([first, second])
+    ]
+    assert together.item() == pytest.approx((alone[0]["loss_seg"] + alone[1]["loss_seg"]).item() / 2, rel=1e-6)
+    together.backward()
+    assert all(float(level.grad[0, 3].abs().max()) == 0.0 for level in batch)  # unannotated in sample 0 only
+    assert all(float(level.grad[1, 3].abs().max()) > 0.0 for level in batch)
+    assert torch.isfinite(torch.cat([level.grad.flatten() for level in batch])).all()
+
+
 def test_annotated_organ_missing_from_the_sample_has_no_dice_term(make_outputs) -> None:
     """Organ 3 is annotated but has no voxel here (the window left it out): it is background in the cross-entropy,
     and its empty Dice target, which would push its probability down everywhere, is not counted."""

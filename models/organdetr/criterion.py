@@ -136,44 +136,52 @@ class SetCriterion(nn.Module):
     def loss_seg(self, seg_logits: list[torch.Tensor], targets: list[Target]) -> torch.Tensor:
         """Cross-entropy on ``[background + annotated organs]`` channels (weighted by ``seg_class_weights``) plus Dice
         on the annotated organs present in the sample, per level and sample, averaged over both."""
+        label_maps = torch.stack([t["label_map"] for t in targets])
         losses = []
         for level_logits in seg_logits:
-            level_logits = level_logits.float()
-            label_maps = torch.stack([t["label_map"] for t in targets]).to(level_logits.device)
-            resized = F.interpolate(label_maps[:, None].float(), size=level_logits.shape[2:], mode="nearest-exact")
-            for b, target in enumerate(targets):
-                losses.append(self._sample_seg_loss(level_logits[b : b + 1], resized[b, 0].long(), target))
-        return torch.stack(losses).mean()
+            resized = F.interpolate(
+                label_maps[:, None].to(level_logits.device, torch.float32),
+                size=level_logits.shape[2:],
+                mode="nearest-exact",
+            )
+            losses.append(self._seg_losses(level_logits, resized[:, 0].long(), targets))
+        return torch.cat(losses).mean()
 
     def loss_seg_fine(self, fine: list[FineLogits | None], targets: list[Target]) -> torch.Tensor:
         """:meth:`loss_seg` of the fine stage's logits against each sample's label map in its region, averaged over
         the samples that have a region (0 when none has: no organ to segment finer, and the same loss terms on every
         rank)."""
         losses = [
-            self._sample_seg_loss(item.logits[None].float(), target["label_map"][item.region].long(), target)
+            self._seg_losses(item.logits[None], target["label_map"][item.region][None].long(), [target])
             for item, target in zip(fine, targets, strict=True)
             if item is not None
         ]
         if not losses:
             return self.seg_class_weight.new_zeros(())
-        return torch.stack(losses).mean()
+        return torch.cat(losses).mean()
 
-    def _sample_seg_loss(self, logits: torch.Tensor, labels: torch.Tensor, target: Target) -> torch.Tensor:
-        """One sample's segmentation loss: ``logits [1, K+1, *grid]``, ``labels`` label values on that grid."""
+    def _seg_losses(self, logits: torch.Tensor, labels: torch.Tensor, targets: list[Target]) -> torch.Tensor:
+        """Each sample's segmentation loss ``[B]``: ``logits [B, K+1, *grid]``, ``labels`` label values on that grid.
+
+        The whole batch at once (a loop over samples launches ~25 kernels per sample, which bounds a GPU step): the
+        logits of a sample's unannotated organs are set to ``-inf``, which is their removal from its softmax."""
+        logits = logits.float()
         labels = labels.to(logits.device)
-        keep = F.pad(self.annotated(target, logits.device), (1, 0), value=True)  # + background
-        channels = keep.nonzero()[:, 0]
-        # Label value -> position among the kept channels. Voxels of an unannotated label (inconsistent target)
-        # count as background, like every voxel of an organ that was not annotated.
-        remap = torch.zeros(self.num_classes + 1, dtype=torch.long, device=logits.device)
-        remap[channels] = torch.arange(channels.numel(), device=logits.device)
-        kept, truth = logits[:, channels], remap[labels][None]
-        loss = F.cross_entropy(kept, truth, weight=self.seg_class_weight[channels])
-        onehot = F.one_hot(truth, channels.numel()).permute(0, 4, 1, 2, 3).float()
-        present = onehot[0, 1:].flatten(1).any(dim=1)
-        if present.any():
-            loss = loss + self.dice(kept.softmax(dim=1), onehot).flatten()[present].mean()
-        return loss
+        batch = labels.shape[0]
+        keep = F.pad(torch.stack([self.annotated(t, logits.device) for t in targets]), (1, 0), value=True)  # + bg
+        # Voxels of an unannotated label (inconsistent target) count as background, like every voxel of an organ
+        # that was not annotated.
+        samples = torch.arange(batch, device=logits.device).view(batch, *([1] * (labels.dim() - 1)))
+        truth = torch.where(keep[samples, labels], labels, 0)
+        kept = logits.masked_fill(~keep.view(*keep.shape, *([1] * (logits.dim() - 2))), float("-inf"))
+        voxel_losses = F.cross_entropy(kept, truth, weight=self.seg_class_weight, reduction="none").flatten(1)
+        cross_entropy = voxel_losses.sum(dim=1) / self.seg_class_weight[truth].flatten(1).sum(dim=1)
+        onehot = F.one_hot(truth, self.num_classes + 1).movedim(-1, 1).float()
+        present = onehot[:, 1:].flatten(2).any(dim=2)  # [B, K]: annotated organs with voxels in the sample
+        dice = self.dice(kept.softmax(dim=1), onehot).flatten(1)  # [B, K], background excluded
+        # Mean Dice over each sample's present organs (0 without any); a masked sum keeps absent terms' gradients out.
+        dice_mean = torch.where(present, dice, 0.0).sum(dim=1) / present.sum(dim=1).clamp(min=1)
+        return cross_entropy + dice_mean
 
     def detection_losses(self, outputs: dict[str, Any], targets: list[Target]) -> dict[str, torch.Tensor]:
         """Match one decoder layer's outputs and compute its classification and box losses."""
