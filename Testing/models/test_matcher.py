@@ -110,6 +110,19 @@ def test_matching_prefers_overlapping_queries(make_outputs) -> None:
         assert sorted(query_idx[target_idx == target].tolist()) == queries
 
 
+def test_a_batch_is_matched_as_its_samples_alone(make_outputs, make_targets) -> None:
+    """The batch's costs are computed together (every query against every ground truth of the batch): each sample
+    must still be matched on its own columns only, an empty sample included."""
+    outputs = make_outputs(3, 25, 7, seed=8)
+    targets = make_targets([4, 0, 6], 7, seed=9)
+    matcher = DenseQueryMatcher(MatcherConfig(dense_lambda=0.2))
+    together = matcher(outputs, targets)
+    for b, target in enumerate(targets):
+        alone = matcher({key: outputs[key][b : b + 1] for key in ("pred_logits", "pred_boxes")}, [target])[0]
+        assert [t.tolist() for t in together[b]] == [t.tolist() for t in alone]
+    assert together[1][0].numel() == 0 and together[0][0].numel() == 4 * matcher.positives_per_target(25, 4)
+
+
 def test_empty_targets_give_empty_matches(make_outputs) -> None:
     outputs = make_outputs(2, 10, 3)
     targets = [{"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 6)}] * 2
@@ -133,11 +146,11 @@ def test_matcher_records_its_time(make_outputs, make_targets, monkeypatch) -> No
     clock = FakeClock()
     monkeypatch.setattr(matcher_module, "time", clock)
     matcher = DenseQueryMatcher(MatcherConfig())
-    seconds_per_item = iter([10.0, 10.0, 1.0, 1.0, 8.0, 8.0, 3.0, 3.0])  # two batch items per matching
+    seconds_per_matching = iter([20.0, 2.0, 16.0, 6.0])  # the batch's costs are computed at once
     real_cost_matrix = matcher.cost_matrix
 
     def slow_cost_matrix(*args):
-        clock.now += next(seconds_per_item)
+        clock.now += next(seconds_per_matching)
         return real_cost_matrix(*args)
 
     monkeypatch.setattr(matcher, "cost_matrix", slow_cost_matrix)
