@@ -122,17 +122,18 @@ def test_segmentation_loss_is_cross_entropy_plus_dice_of_present_organs(make_out
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def organ2_weighted_criterion(weight: float) -> SetCriterion:
+    """One-to-one matching; organ 2's voxels weigh ``weight`` in the segmentation cross-entropy."""
+    names = [f"organ{k}" for k in range(1, NUM_CLASSES + 1)]
+    config = LossConfig(seg_class_weights={"organ2": weight})
+    return SetCriterion(NUM_CLASSES, DenseQueryMatcher(MatcherConfig(dense_lambda=0.0)), config, class_names=names)
+
+
 def test_segmentation_class_weights_weigh_an_organs_voxels_in_the_cross_entropy(make_outputs) -> None:
     """Organ 2 weighs 30: the cross-entropy is the weighted mean over voxels (weights of their true classes)."""
     seg_logits, targets = seg_case([True, True, False], seed=1)
     finest, label_map = seg_logits[0].detach(), targets[0]["label_map"]
-    names = [f"organ{k}" for k in range(1, NUM_CLASSES + 1)]
-    criterion = SetCriterion(
-        NUM_CLASSES,
-        DenseQueryMatcher(MatcherConfig(dense_lambda=0.0)),
-        LossConfig(seg_class_weights={"organ2": 30.0}),
-        class_names=names,
-    )
+    criterion = organ2_weighted_criterion(30.0)
     loss = criterion({**make_outputs(1, 4, NUM_CLASSES), "seg_logits": [finest]}, targets)["loss_seg"]
     kept = finest[:, :3]
     per_voxel = -kept.log_softmax(1).gather(1, label_map[None, None]).flatten()
@@ -149,13 +150,7 @@ def test_segmentation_loss_of_a_batch_is_the_mean_of_its_samples(make_outputs) -
     """The batch is computed at once: each sample keeps its own annotated channels, its own weighted voxel mean and
     its own present organs (sample 0 annotates organs 1-2 and has no organ 3; sample 1 annotates all three, has no
     organ 1 and fewer voxels of the heavy organ 2)."""
-    names = [f"organ{k}" for k in range(1, NUM_CLASSES + 1)]
-    criterion = SetCriterion(
-        NUM_CLASSES,
-        DenseQueryMatcher(MatcherConfig(dense_lambda=0.0)),
-        LossConfig(seg_class_weights={"organ2": 7.0}),
-        class_names=names,
-    )
+    criterion = organ2_weighted_criterion(7.0)
     first_logits, (first,) = seg_case([True, True, False], seed=3)
     second_logits, (second,) = seg_case([True, True, True], seed=4)
     second["label_map"] = torch.where(second["label_map"] == 1, 3, second["label_map"])
