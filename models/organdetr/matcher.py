@@ -85,14 +85,14 @@ class DenseQueryMatcher:
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         batch, num_queries = logits.shape[:2]
         counts = [target["labels"].numel() for target in targets]
-        costs: Sequence[torch.Tensor] = []
+        columns: Sequence[torch.Tensor] = []  # per sample: the batch's queries against its ground truths
         if sum(counts):
             # Every query of the batch against every ground truth of the batch in one go, and one transfer: a GPU
             # step waits once, not once per sample; each sample then takes its own columns.
             labels = torch.cat([target["labels"] for target in targets]).to(logits.device)
             target_boxes = torch.cat([target["boxes"] for target in targets]).to(logits.device)
             every = self.cost_matrix(logits.flatten(0, 1), boxes.flatten(0, 1), labels, target_boxes)
-            costs = every.view(batch, num_queries, -1).cpu().split(counts, dim=2)
+            columns = every.view(batch, num_queries, -1).cpu().split(counts, dim=2)
         indices = []
         for b, num_targets in enumerate(counts):
             if num_targets == 0:
@@ -101,7 +101,8 @@ class DenseQueryMatcher:
                 continue
             repeats = self.positives_per_target(num_queries, num_targets)
             # Column j of the repeated matrix is ground truth j // repeats.
-            rows, cols = linear_sum_assignment(costs[b][b].repeat_interleave(repeats, dim=1).numpy())
+            cost = columns[b][b]  # sample b's queries against sample b's ground truths
+            rows, cols = linear_sum_assignment(cost.repeat_interleave(repeats, dim=1).numpy())
             indices.append(
                 (torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols // repeats, dtype=torch.long))
             )
