@@ -71,12 +71,16 @@ class SetCriterion(nn.Module):
             "loss_presence": config.weight_presence,
         }
 
-    def annotated(self, target: Target, device: torch.device) -> torch.Tensor:
-        """``BoolTensor[K]`` of the classes annotated in ``target`` (all when not given)."""
-        flags = target.get("annotated")
-        if flags is None:
-            return torch.ones(self.num_classes, dtype=torch.bool, device=device)
-        return flags.to(device=device, dtype=torch.bool)
+    def annotated(self, targets: list[Target], device: torch.device) -> torch.Tensor:
+        """``BoolTensor[B, K]``: the classes each target annotates (all when it does not say)."""
+        return torch.stack(
+            [
+                torch.ones(self.num_classes, dtype=torch.bool, device=device)
+                if t.get("annotated") is None
+                else t["annotated"].to(device=device, dtype=torch.bool)
+                for t in targets
+            ]
+        )
 
     def loss_class(self, logits: torch.Tensor, targets: list[Target], indices: list[MatchIndices]) -> torch.Tensor:
         """Class-weighted cross-entropy over ``K + 1`` classes; unannotated classes masked for unmatched queries."""
@@ -88,7 +92,7 @@ class SetCriterion(nn.Module):
             target_classes[b, query_idx] = targets[b]["labels"].to(logits.device)[target_idx]
             matched[b, query_idx] = True
         # [B, K+1] logits that must not be pushed towards "no object": unannotated organs (never the no-object one).
-        unannotated = torch.stack([~self.annotated(t, logits.device) for t in targets])
+        unannotated = ~self.annotated(targets, logits.device)
         unannotated = F.pad(unannotated, (0, 1), value=False)
         mask = unannotated[:, None, :] & ~matched[:, :, None]
         logits = logits.masked_fill(mask, float("-inf"))
@@ -128,7 +132,7 @@ class SetCriterion(nn.Module):
         truth = torch.zeros_like(logits)
         for b, target in enumerate(targets):
             truth[b, target["labels"].to(logits.device)] = 1.0
-        known = torch.stack([self.annotated(t, logits.device) for t in targets])
+        known = self.annotated(targets, logits.device)
         if not known.any():
             return logits.sum() * 0.0
         return F.binary_cross_entropy_with_logits(logits[known], truth[known])
@@ -168,7 +172,7 @@ class SetCriterion(nn.Module):
         logits = logits.float()
         labels = labels.to(logits.device)
         batch = labels.shape[0]
-        keep = F.pad(torch.stack([self.annotated(t, logits.device) for t in targets]), (1, 0), value=True)  # + bg
+        keep = F.pad(self.annotated(targets, logits.device), (1, 0), value=True)  # + background
         # Voxels of an unannotated label (inconsistent target) count as background, like every voxel of an organ
         # that was not annotated.
         samples = torch.arange(batch, device=logits.device).view(batch, *([1] * (labels.dim() - 1)))
