@@ -65,9 +65,11 @@ def random_checkpoint(preset: str, folder: Path) -> Path:
 
 
 def in_process(model: str | None, device: str, image_path: Path, repeats: int) -> dict:
+    from organdetr_backend.allocator import keep_freed_memory
     from organdetr_backend.image_io import read_image
     from organdetr_backend.predictor import Predictor
 
+    freed_memory_kept = keep_freed_memory()  # as in the console script's process (ORGANDETR_RELEASE_MEMORY: not)
     start = time.perf_counter()
     predictor = Predictor(model, device)
     load_s = time.perf_counter() - start
@@ -82,6 +84,7 @@ def in_process(model: str | None, device: str, image_path: Path, repeats: int) -
         "device": predictor.device_label,
         "model": f"{predictor.model_info.name} {predictor.model_info.version}",
         "image_size": list(loaded.image.GetSize()),
+        "freed_memory_kept": freed_memory_kept,
         "model_load_s": load_s,
         "first_call": runs[0],
         "median": median,

@@ -173,9 +173,12 @@ def retinanet_route(image_path: Path):
 
 
 def time_route(route: str, image_path: Path, threads: int, repeats: int) -> dict:
-    """Build one route, warm it up once, and time ``repeats`` end-to-end calls (file -> boxes)."""
+    """Build one route, warm it up once, and time ``repeats`` end-to-end calls (file -> boxes), in a process set up
+    as the console script's (freed memory kept, unless ORGANDETR_RELEASE_MEMORY is set), for every route alike."""
     import torch
+    from organdetr_backend.allocator import keep_freed_memory
 
+    freed_memory_kept = keep_freed_memory()
     torch.set_num_threads(threads)
     start = time.perf_counter()
     run = {"organdetr": organdetr_route, "nnunet_shaped": nnunet_shaped_route, "retinanet": retinanet_route}[route](
@@ -191,6 +194,7 @@ def time_route(route: str, image_path: Path, threads: int, repeats: int) -> dict
     return {
         "route": route,
         "threads": threads,
+        "freed_memory_kept": freed_memory_kept,
         "build_s": build_s,
         "end_to_end_s": statistics.median(times),
         "runs_s": times,

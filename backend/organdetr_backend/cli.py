@@ -21,6 +21,7 @@ from collections.abc import Collection
 from organdetr.errors import UserInputError
 
 from . import __version__
+from .allocator import keep_freed_memory
 from .threads import THREADS_HELP, configure_threads, use_passive_waiting
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv``; None: this process's own, as the console script does just before it exits."""
     if argv is not None:
         return run_command(argv)
+    keep_freed_memory()  # a process of its own: freed memory is kept for its next scan (organdetr_backend.allocator)
     code = run_command(sys.argv[1:])
     # The process ends next: spare it the interpreter's final garbage collections over the ~200k objects of torch and
     # the command (0.5 s). Objects are still freed by reference counting; only reference cycles are left to the OS.
