@@ -20,7 +20,7 @@ from organdetr.deformable_attention import MultiScaleDeformableAttention3D, mult
 from organdetr.msa import MultiScaleAttentionEncoder
 from organdetr.organ_detr import OrganDETR, build_model
 from organdetr.position_encoding import sine_position_encoding_3d
-from organdetr.segmentation_branch import SegmentationBranch, fine_regions, joined_channels
+from organdetr.segmentation_branch import SegmentationBranch, fine_regions
 
 
 def _small() -> ModelConfig:
@@ -357,20 +357,3 @@ def test_fine_stage_in_its_region_equals_the_whole_grid() -> None:
         inside[item.region] = True
         assert 0 < inside.sum() < inside.numel() / 2  # a real part of the grid
         torch.testing.assert_close(item.logits, whole[(b, slice(None), *item.region)], atol=1e-5, rtol=1e-5)
-
-
-def test_joined_channels_is_torch_cat_in_channels_last_layout() -> None:
-    """The branch's concatenation: torch.cat's values, dtype and gradients, written in channels-last layout on the CPU
-    (a one-channel part, whose layout is ambiguous, makes torch.cat fall back to the default layout)."""
-    torch.manual_seed(0)
-    features = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
-    image = torch.randn(2, 1, 4, 5, 6, dtype=torch.float64, requires_grad=True)
-    joined = joined_channels([features, image])
-    expected = torch.cat([features, image], dim=1)
-    assert joined.dtype == expected.dtype == torch.float64
-    assert joined.is_contiguous(memory_format=torch.channels_last_3d)
-    torch.testing.assert_close(joined, expected, rtol=0, atol=0)
-    weights = torch.randn_like(expected)
-    (grad_features, grad_image) = torch.autograd.grad((joined * weights).sum(), [features, image])
-    torch.testing.assert_close(grad_features, weights[:, :3].float())
-    torch.testing.assert_close(grad_image, weights[:, 3:])

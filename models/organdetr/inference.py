@@ -21,7 +21,7 @@ from .config import DetectorConfig, SegmentationBranchConfig
 from .errors import UserInputError
 from .postprocess import DecodedOrgan, decode_detections
 from .preprocess import PreprocessedVolume
-from .segmentation_branch import crop_to, fine_regions, on_input_grid, upsampled_region
+from .segmentation_branch import crop_to, fine_regions, grown_region, on_input_grid, upsampled_region
 from .windows import Window, plan_windows
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -115,8 +115,9 @@ def _add_window_segmentation(
         (coarse_region,) = fine_regions(branch_probabilities[None], threshold, margin)
         if coarse_region is None:
             return
-        values, covered = upsampled_region(branch_probabilities, coarse_region, halo=1)
-        region, probabilities = on_input_grid(coarse_region), crop_to(values, covered, coarse_region)
+        read = grown_region(coarse_region, 1, branch_probabilities.shape[1:])
+        values = upsampled_region(branch_probabilities, read)
+        region, probabilities = on_input_grid(coarse_region), crop_to(values, on_input_grid(read), coarse_region)
     window.add_region_to_volume(total, region, (probabilities - background.to(probabilities.device)).cpu())
 
 
