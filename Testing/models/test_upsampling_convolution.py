@@ -54,3 +54,8 @@ def test_float32_channels_last_inputs() -> None:
     torch.testing.assert_close(
         upsampled_convolution(coarse, fine, weight, None), _two_steps(coarse, fine, weight, None), rtol=1e-5, atol=1e-5
     )
+
+
+def test_fine_grid_must_be_twice_the_coarse_grid() -> None:
+    with pytest.raises(ValueError, match="not twice the coarse grid"):
+        upsampled_convolution(torch.randn(1, 2, 4, 4, 4), torch.randn(1, 1, 8, 8, 7), torch.randn(3, 3, 3, 3, 3), None)

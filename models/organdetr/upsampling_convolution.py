@@ -6,7 +6,7 @@ the 8 fine voxels of a coarse voxel is a 3x3x3 convolution of the COARSE feature
 interpolation weights, 1/4 and 3/4 per axis, folded into the weights) and of the finer part's 8 voxels per coarse
 voxel (``pixel unshuffle``): one convolution on the coarse grid with 8x the output channels, then a ``pixel shuffle``.
 That skips the upsampled tensor, its copy into the joined input and a few-channel convolution on the fine grid, where
-oneDNN is slow (the chest CT's fine stage and ``to_half``: ~270 -> ~150 ms on 2 threads).
+oneDNN is slow (the chest CT's fine stage and ``to_half`` alone: ~310 -> ~180 ms on 2 threads).
 
 It is exact, borders included. The upsampling clamps at the grid's border and the convolution pads the fine grid with
 zeros: the coarse convolution reads the coarse features padded by replication (which reproduces the clamp everywhere
@@ -118,6 +118,8 @@ def upsampled_convolution(coarse: Tensor, fine: Tensor | None, weight: Tensor, b
     folded into the coarse convolution; a wider one is convolved on the fine grid, where folding would multiply its
     work by 8 (``to_half``'s 8 stride-2 channels: 92 against 208 ms on 2 threads)."""
     out_channels, coarse_channels = weight.shape[0], coarse.shape[1]
+    if fine is not None and tuple(fine.shape[2:]) != tuple(2 * n for n in coarse.shape[2:]):
+        raise ValueError(f"fine grid {tuple(fine.shape[2:])} is not twice the coarse grid {tuple(coarse.shape[2:])}")
     folds = fine is not None and fine.shape[1] <= FOLDED_FINE_CHANNELS
     inputs = [F.pad(coarse, (1, 1, 1, 1, 1, 1), mode="replicate")]
     if folds:
