@@ -1,8 +1,8 @@
 """glibc's memory allocator, set for a process that handles one big scan after another.
 
 By default glibc serves every block above 32 MB (a CT's voxels, its float copy, the network's feature maps) with a
-fresh ``mmap`` and gives it back to the OS when it is freed, so every request touches its ~600 MB anew: on the chest CT
-~700k page faults, ~0.3 s of a 1.2 s request on 2 threads (``benchmarks/backend_benchmark.py``). Kept instead (big
+fresh ``mmap`` and gives it back to the OS when it is freed, so every request touches ~0.45 GB of fresh pages: on the
+chest CT ~110k page faults, ~0.3 s of a 1.2 s request on 2 threads (``benchmarks/backend_benchmark.py``). Kept (big
 blocks from the heap, freed memory left in it for the next request, one heap for all threads, since the service runs
 requests on worker threads and a thread's own heap is too small for these blocks), a warm request takes ~0.9 s. The
 price: the process holds on to its peak memory between requests. Only the console script's process is set (not a
