@@ -313,3 +313,5 @@ def test_physical_space_run_with_segmentation_branch_and_quality_head(tmp_path, 
     assert set(metrics["query_boxes"]) >= {"mAP", "AP50", "per_class"}
     assert set(metrics["segmentation_dice"]) == set(config.class_names)
     assert metrics["presence"]["present_total"] == 7  # pt_201 annotates all 7 organs, all in the scan
+    # Validation in training scores the query boxes: the refinement's calibration is fitted after training.
+    assert row["val_mAP"] == pytest.approx(metrics["query_boxes"]["mAP"])

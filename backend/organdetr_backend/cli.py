@@ -29,7 +29,8 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("organdetr_backend.detect_command", "detect organs in CT volumes and write boxes"),
     "serve": ("organdetr_backend.serve_command", "run the HTTP inference service"),
-    "train": ("organdetr.train", "train a detector on an MSD-style dataset.json"),
+    "train": ("organdetr.train", "train a detector on an MSD-style dataset.json or a training pack"),
+    "pack": ("organdetr.training_pack", "preprocess a dataset.json once into one file (a training pack) to train from"),
     "evaluate": ("organdetr.evaluate", "evaluate a detector with COCO-style 3D metrics"),
     "models": ("organdetr_backend.models_command", "list the installed models and the names --model accepts"),
     "xray": ("organdetr_backend.xray_command", "X-ray views of a CT; 3D organ boxes from 2D boxes in several views"),

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from monai import transforms as mt
 from organdetr_client.same_grid import grid_differences
@@ -37,6 +36,9 @@ from .preprocess import (
     preprocess_image,
     preprocess_label,
 )
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 SPLITS = ("training", "validation", "test")
 # Organs smaller than this (after resampling / augmentation) are fragments, not detectable objects (as in v1).
@@ -79,6 +81,21 @@ class DatasetDescription:
             raise UserInputError(
                 f"{self.path}: labels {list(self.class_names)} do not match the model's classes {list(class_names)}"
             )
+
+    def median_spacing(self, orientation: str) -> tuple[float, float, float]:
+        """The training images' median spacing along the network axes (``--target-spacing auto``)."""
+        return median_spacing(self.splits["training"], orientation)
+
+    def preprocessed_cases(
+        self,
+        split: str,
+        preprocess: PreprocessConfig,
+        cache_dir: Path | None = None,
+        progress: Callable[[Sequence[CaseRecord]], Iterable[CaseRecord]] = iter,
+    ) -> list[PreprocessedCase]:
+        """The split's cases through the shared preprocessing (read once, cached in ``cache_dir`` when given)."""
+        cache = CaseCache(self.class_names, preprocess, cache_dir)
+        return [cache.get(record) for record in progress(self.splits[split])]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -189,6 +206,8 @@ def _last_line(error: Exception) -> str:
 
 def median_spacing(records: Sequence[CaseRecord], orientation: str) -> tuple[float, float, float]:
     """Median voxel spacing of the cases' images along the network axes (after reorientation), from headers only."""
+    import SimpleITK as sitk  # where images are read: training from a pack (organdetr.training_pack) needs no ITK
+
     spacings = []
     for record in records:
         reader = sitk.ImageFileReader()
@@ -207,6 +226,8 @@ def median_spacing(records: Sequence[CaseRecord], orientation: str) -> tuple[flo
 
 
 def _read_image(path: Path, what: str) -> sitk.Image:
+    import SimpleITK as sitk  # see median_spacing
+
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
 from .config import PreprocessConfig
 from .image_geometry import index_to_physical_matrix
 from .windows import fit_to_windows
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 # A grid shrunk by at least this factor along an axis is box-filtered to its output size first.
 ANTIALIAS_MIN_FACTOR = 1.25
@@ -72,6 +75,8 @@ def _reorient(image: sitk.Image, orientation: str) -> tuple[np.ndarray, tuple[fl
 
     ``sitk.DICOMOrient`` decides the permutation and flips from the direction alone, so it is run on a 2x2x2 probe
     of the same geometry: a flip adds the axis size - 1 to the index, 1 on the probe, scaled to the image's size."""
+    import SimpleITK as sitk  # where images are read: training from a pack (organdetr.training_pack) needs no ITK
+
     probe = sitk.Image([2, 2, 2], sitk.sitkUInt8)
     probe.SetSpacing(image.GetSpacing())
     probe.SetOrigin(image.GetOrigin())

@@ -160,10 +160,8 @@ def _target_spacing(
     values: Sequence[str], description: DatasetDescription, preprocess: PreprocessConfig
 ) -> tuple[float, float, float] | None:
     """``--target-spacing`` -> the stored value (see its help)."""
-    from .dataset import median_spacing
-
     if list(values) == ["auto"]:
-        return median_spacing(description.splits["training"], preprocess.orientation)
+        return description.median_spacing(preprocess.orientation)
     if list(values) == ["none"]:
         return None
     try:

@@ -31,7 +31,12 @@ Options = TypeVar("Options")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path, help="MSD-style dataset.json (training + validation)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="MSD-style dataset.json (training + validation) or a training pack (organdetr pack)",
+    )
     parser.add_argument("--output", required=True, type=Path, help="run folder (checkpoints, logs, curves)")
     parser.add_argument(
         "--preset", default=ConfigChoices.preset, choices=tuple(PRESETS), help="network size (default small)"

@@ -11,7 +11,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint
 from .criterion import SetCriterion
-from .dataset import CaseCache, DetectionDataset, available_splits, collate, load_dataset_json
+from .dataset import DetectionDataset, collate
 from .distributed import init_distributed
 from .errors import UserInputError
 from .evaluate import evaluate_cases
@@ -32,6 +32,7 @@ from .run_folder import RunFolder
 from .run_options import RunOptions
 from .sampling import EpochOrder, RareOrganSampler, rare_organ_weights
 from .training_log import VALIDATION_KEYS, TrainingLog
+from .training_pack import load_training_data
 
 
 @dataclass
@@ -60,8 +61,7 @@ class Trainer:
         self.dist, self.device = init_distributed(options.device)
         self.folder.check_start(options.resume)
         self.dist.barrier()  # every rank has checked the run folder before rank 0 writes into it
-        splits = ["training"] + (["validation"] if "validation" in available_splits(options.data) else [])
-        description = load_dataset_json(options.data, splits)
+        description = load_training_data(options.data)
         initial = None if options.init_weights is None else load_checkpoint(options.init_weights, "cpu")
         if options.resume:
             self.config = resumed_config(self.folder.last, choices.workers)
@@ -82,12 +82,9 @@ class Trainer:
         except ValueError as error:
             raise UserInputError(f"--spatial-size: {error}") from None
 
-        cache = CaseCache(self.config.class_names, self.config.preprocess, options.cache_dir)
-        self.train_cases = self._preload(cache, description.splits["training"], "training")
+        self.train_cases = self._preload(description, "training")
         self.val_cases = (
-            self._preload(cache, description.splits["validation"], "validation")
-            if "validation" in description.splits and self.dist.is_main
-            else []
+            self._preload(description, "validation") if "validation" in description.splits and self.dist.is_main else []
         )
         self.dataset = DetectionDataset(
             self.train_cases,
@@ -123,12 +120,19 @@ class Trainer:
         self.log = TrainingLog(self.folder.path, options.resume) if self.dist.is_main else None
 
     # ----------------------------------------------------------------------------------------------------- setup
-    def _preload(self, cache: CaseCache, records, split: str) -> list:
-        """Preprocess every case once (before any loader workers fork, so they share the cache)."""
-        bar = tqdm(
-            records, desc=f"preprocess {split}", unit="case", disable=not self.dist.is_main, **_progress_bar_options()
-        )
-        return [cache.get(record) for record in bar]
+    def _preload(self, description, split: str) -> list:
+        """Every case of ``split`` preprocessed once (before any loader workers fork, so they share them)."""
+
+        def progress(records):
+            return tqdm(
+                records,
+                desc=f"preprocess {split}",
+                unit="case",
+                disable=not self.dist.is_main,
+                **_progress_bar_options(),
+            )
+
+        return description.preprocessed_cases(split, self.config.preprocess, self.options.cache_dir, progress)
 
     def _sampler(self):
         """This rank's share of the training cases per epoch, uniform or favouring rarely annotated organs."""
@@ -209,10 +213,13 @@ class Trainer:
         return {k: float(v) / steps for k, v in zip(keys, sums, strict=True)}
 
     def validate(self) -> dict[str, Any] | None:
-        """Validation metrics on rank 0 (``None`` without a validation split); other ranks wait."""
+        """Validation metrics on rank 0 (``None`` without a validation split); other ranks wait. They score the
+        network's own (query) boxes: the box refinement's calibration belongs to the network it was fitted to, and is
+        fitted anew after training (``benchmarks/refinement_calibration.py``)."""
         result = None
         if self.dist.is_main and self.val_cases:
-            metrics = evaluate_cases(self.model, self.val_cases, self.config, self.device)
+            query_boxes = replace(self.config, refinement=replace(self.config.refinement, enabled=False))
+            metrics = evaluate_cases(self.model, self.val_cases, query_boxes, self.device)
             result = metrics.to_dict()
         self.dist.barrier()
         return result
