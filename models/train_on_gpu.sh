@@ -9,21 +9,42 @@
 # (default 8, to fit a short lease), keeping last/ and best/ (best by validation mAP). Validate what it produces on
 # the CPU with `organdetr evaluate --model RUN/best --device cpu ...`.
 #
+# ORGANDETR_DATA may be a training pack (organdetr pack: one file, no NIfTI files or SimpleITK needed on the GPU
+# machine). With ORGANDETR_EXPORT=FOLDER the run's best/ and last/ checkpoints and its curves are copied there when it
+# stops (flat file names, e.g. best.model.safetensors; `f=best.config.json; cp $f RUN/${f%%.*}/${f#*.}` puts one back),
+# to bring them back from a rented machine.
+#
 #   models/train_on_gpu.sh RUN_FOLDER [MINUTES [FURTHER TRAIN OPTIONS...]]
-#   ORGANDETR_DATA=dataset.json  ORGANDETR_CACHE=cache/  ORGANDETR_DEVICE=cuda|cpu  ORGANDETR_EPOCHS=400
-#   ORGANDETR_VAL_EVERY=5  ORGANDETR_WARMUP_STEPS=200  ORGANDETR_WORKERS=8
+#   ORGANDETR_DATA=dataset.json|pack.npz  ORGANDETR_CACHE=cache/  ORGANDETR_DEVICE=cuda|cpu  ORGANDETR_EPOCHS=400
+#   ORGANDETR_VAL_EVERY=5  ORGANDETR_WARMUP_STEPS=200  ORGANDETR_WORKERS=8  ORGANDETR_EXPORT=FOLDER
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Runs from a checkout as well as from an installed package (a rented machine need not pip-install it).
+export PYTHONPATH="$PWD/models:$PWD/backend:$PWD/OrganDETRSlicer${PYTHONPATH:+:$PYTHONPATH}"
 run="${1:?usage: models/train_on_gpu.sh RUN_FOLDER [MINUTES [FURTHER TRAIN OPTIONS...]]}"
 minutes="${2:-8}"
 shift $(($# < 2 ? $# : 2))
 data="${ORGANDETR_DATA:-../shared/data/openkbp/dataset.json}"
 cache="${ORGANDETR_CACHE:-$run.cache}"
 common=(--data "$data" --output "$run" --cache-dir "$cache" --time-limit-minutes "$minutes" --workers "${ORGANDETR_WORKERS:-8}")
+export_run() {
+    local code=$? folder="${ORGANDETR_EXPORT:-}"
+    if [ -n "$folder" ]; then
+        mkdir -p "$folder"
+        # Eight files (what a rented machine's output folder may give back); last/ resumes, best/ is evaluated.
+        for file in best/model.safetensors best/config.json best/metrics.json last/model.safetensors \
+            last/config.json last/training_state.pt history.json training_curves.png; do
+            if [ -f "$run/$file" ]; then cp "$run/$file" "$folder/${file/\//.}"; fi
+        done
+    fi
+    return $code
+}
+trap export_run EXIT
 if [ -f "$run/last/config.json" ]; then
-    exec python -m organdetr_backend.cli train "${common[@]}" --resume "$@"
+    python -m organdetr_backend.cli train "${common[@]}" --resume "$@"
+else
+    python -m organdetr_backend.cli train "${common[@]}" --init-weights default \
+        --segmentation-stride 1 --quality-head --oversample-rare-organs 0.5 \
+        --device "${ORGANDETR_DEVICE:-cuda}" --batch-size 8 --lr 2e-4 --warmup-steps "${ORGANDETR_WARMUP_STEPS:-200}" \
+        --epochs "${ORGANDETR_EPOCHS:-400}" --val-every "${ORGANDETR_VAL_EVERY:-5}" "$@"
 fi
-exec python -m organdetr_backend.cli train "${common[@]}" --init-weights default \
-    --segmentation-stride 1 --quality-head --oversample-rare-organs 0.5 \
-    --device "${ORGANDETR_DEVICE:-cuda}" --batch-size 8 --lr 2e-4 --warmup-steps "${ORGANDETR_WARMUP_STEPS:-200}" \
-    --epochs "${ORGANDETR_EPOCHS:-400}" --val-every "${ORGANDETR_VAL_EVERY:-5}" "$@"
