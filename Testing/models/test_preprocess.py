@@ -66,6 +66,17 @@ def test_downsampling_is_anti_aliased_and_clips_before_resampling():
     assert float(mixed.image.max()) == pytest.approx(0.5, abs=0.05)
 
 
+@pytest.mark.parametrize("pooled_axes", [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)])
+def test_antialiasing_pools_exactly_the_shrinking_axes(pooled_axes):
+    """The axes that keep their size ride along as channels: the same averages as a 3D pooling of the shrinking axes
+    to their output size and the others to their own."""
+    in_shape = (17, 23, 29)
+    out_shape = tuple(n // 3 if axis in pooled_axes else n - 1 for axis, n in enumerate(in_shape))
+    volume = torch.randn(1, 1, *in_shape, generator=torch.Generator().manual_seed(0))
+    expected = F.adaptive_avg_pool3d(volume, [out_shape[a] if a in pooled_axes else in_shape[a] for a in range(3)])
+    torch.testing.assert_close(_antialias(volume, in_shape, out_shape), expected, rtol=0, atol=1e-6)
+
+
 def test_extra_hu_windows_are_further_channels():
     values = np.array([-1000, -160, 40, 240, 1000], dtype=np.int16).repeat(8 * 8).reshape(5, 8, 8)
     image = _image((8, 8, 5), (1.0, 1.0, 1.0), values)

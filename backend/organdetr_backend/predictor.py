@@ -11,6 +11,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,8 @@ STAGE_PROGRESS: dict[str, float] = {
     "done": 1.0,
 }
 _BYTES_PER_MB = 1024.0**2
+# Work that overlaps a request's own steps (one at a time per request; more requests queue on the few threads).
+_BACKGROUND = ThreadPoolExecutor(max_workers=4, thread_name_prefix="organdetr-predict")
 _CPUINFO = "/proc/cpuinfo"
 
 
@@ -158,6 +161,9 @@ class Predictor:
                 progress(stage, STAGE_PROGRESS[stage])
 
         image = loaded_image.image
+        # Hashing the voxels (image.sha256 of the result) releases the GIL: it runs beside the preprocessing, whose
+        # full-size steps mostly use one core.
+        hashed = _BACKGROUND.submit(image_info, loaded_image)
         enter("preprocessing")
         check_ct_content(image, loaded_image.source)
         volume = preprocess_image(image, self.config.preprocess)
@@ -171,7 +177,7 @@ class Predictor:
             raise RuntimeError(f"out of GPU memory on {self.device_label}; try --device cpu") from error
         enter("decoding")
         detections, absent = self._detections(output, volume, image, wanted, include_absent)
-        info = image_info(loaded_image)  # hashes the voxels: part of the reported time
+        info = hashed.result()
         label_map = None
         if segmentation and output.segmentation is not None:
             label_map = network_grid_to_image(output.segmentation, volume, image)

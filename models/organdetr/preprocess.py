@@ -144,15 +144,24 @@ def _body_crop(view: np.ndarray, spacing: tuple[float, ...], config: PreprocessC
 
 
 def _antialias(array: torch.Tensor, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> torch.Tensor:
-    """Box-filter the axes that shrink by ANTIALIAS_MIN_FACTOR or more straight to their output size (adaptive
-    average pooling: each output voxel averages the input voxels it covers), so that resampling does not alias noise
-    and thin edges; the other axes are left to the trilinear step. Pooling bins follow voxel edges to within one
-    input voxel. Fast and small: a 512x512x133 CT takes ~0.1 s (a Gaussian filter took seconds and GBs)."""
+    """Box-filter the axes of ``array [1, 1, *in_shape]`` that shrink by ANTIALIAS_MIN_FACTOR or more straight to
+    their output size (adaptive average pooling: each output voxel averages the input voxels it covers), so that
+    resampling does not alias noise and thin edges; the other axes are left to the trilinear step. Pooling bins follow
+    voxel edges to within one input voxel. Fast and small: a 512x512x133 CT takes ~0.03 s (a Gaussian filter took
+    seconds and GBs)."""
     factors = np.asarray(in_shape, dtype=np.float64) / np.asarray(out_shape, dtype=np.float64)
-    if factors.max() < ANTIALIAS_MIN_FACTOR:
+    pooled_axes = [axis for axis, factor in enumerate(factors) if factor >= ANTIALIAS_MIN_FACTOR]
+    if not pooled_axes:
         return array
-    pooled = tuple(o if f >= ANTIALIAS_MIN_FACTOR else i for i, o, f in zip(in_shape, out_shape, factors, strict=True))
-    return F.adaptive_avg_pool3d(array, pooled)
+    # The axes that keep their size are channels of a pooling over the others only: the same averages, and for the
+    # usual CT (slices kept, in-plane pooled) a view of the voxels that pools ~2x faster than a 3D pooling would.
+    kept_axes = [axis for axis in range(3) if axis not in pooled_axes]
+    volume = array[0, 0].permute(*kept_axes, *pooled_axes)
+    channels = volume.shape[: len(kept_axes)]
+    pool = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[len(pooled_axes) - 1]
+    pooled = pool(volume.reshape(1, -1, *volume.shape[len(kept_axes) :]), [out_shape[axis] for axis in pooled_axes])
+    restored = pooled.reshape(*channels, *pooled.shape[2:]).permute(*np.argsort([*kept_axes, *pooled_axes]).tolist())
+    return restored[None, None]
 
 
 def preprocess_image(image: sitk.Image, config: PreprocessConfig) -> PreprocessedVolume:
