@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import BackboneConfig
+from .convolution import Conv3d
 
 SPATIAL_DIMS = 3
 # LeakyReLU slope of the conv-norm-act units (nnU-Net / Retina U-Net convention).
@@ -40,7 +41,7 @@ def conv_norm_act(in_channels: int, out_channels: int, stride: int, norm: str) -
     strides=stride, kernel_size=3, norm=..., act=("leakyrelu", ...))`` under the same names (``conv``, ``adn.N``,
     ``adn.A``), so checkpoints saved with MONAI's block load unchanged."""
     adn = nn.Sequential(OrderedDict(N=_norm(norm, out_channels), A=nn.LeakyReLU(LEAKY_SLOPE)))
-    conv = nn.Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
+    conv = Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
     return nn.Sequential(OrderedDict(conv=conv, adn=adn))
 
 
@@ -80,10 +81,10 @@ class FPNBackbone(nn.Module):
             in_channels = channels
         self.stages = nn.ModuleList(stages)
         lateral_channels = config.stage_channels[self.first_lateral :]
-        self.laterals = nn.ModuleList(nn.Conv3d(c, config.fpn_channels, kernel_size=1) for c in lateral_channels)
+        self.laterals = nn.ModuleList(Conv3d(c, config.fpn_channels, kernel_size=1) for c in lateral_channels)
         self.outputs = nn.ModuleDict(
             {
-                str(s): nn.Conv3d(config.fpn_channels, config.fpn_channels, kernel_size=3, padding=1)
+                str(s): Conv3d(config.fpn_channels, config.fpn_channels, kernel_size=3, padding=1)
                 for s in self.out_stages
             }
         )

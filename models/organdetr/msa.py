@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import MSAConfig
+from .convolution import Conv3d
 from .position_encoding import sine_position_encoding_3d
 
 
@@ -114,11 +115,11 @@ class MultiScaleAttentionEncoder(nn.Module):
         self.dim = config.embed_dim or out_channels
         self.positional_encoding = config.positional_encoding
         p, dim = config.patch_size, self.dim
-        self.patch_embed = nn.ModuleList(nn.Conv3d(in_channels, dim, p, stride=p) for _ in range(num_levels))
+        self.patch_embed = nn.ModuleList(Conv3d(in_channels, dim, p, stride=p) for _ in range(num_levels))
         self.layers = nn.ModuleList(MSALayer(dim, num_levels, config) for _ in range(config.depth))
         self.unpatchify = nn.ModuleList(nn.ConvTranspose3d(dim, out_channels, p, stride=p) for _ in range(num_levels))
         self.skip = nn.ModuleList(
-            nn.Identity() if in_channels == out_channels else nn.Conv3d(in_channels, out_channels, 1)
+            nn.Identity() if in_channels == out_channels else Conv3d(in_channels, out_channels, 1)
             for _ in range(num_levels)
         )
 

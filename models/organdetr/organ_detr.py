@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .backbone import backbone_divisor, backbone_stride, build_backbone
 from .config import ModelConfig
+from .convolution import Conv3d
 from .decoder import DeformableDecoder, DeformableEncoder
 from .msa import MultiScaleAttentionEncoder
 from .segmentation_branch import SegmentationBranch
@@ -57,13 +58,13 @@ class OrganDETR(nn.Module):
         else:
             self.msa = None
             self.input_proj = nn.ModuleList(
-                nn.Identity() if fpn_channels == d_model else nn.Conv3d(fpn_channels, d_model, 1)
+                nn.Identity() if fpn_channels == d_model else Conv3d(fpn_channels, d_model, 1)
                 for _ in range(num_levels)
             )
         self.encoder = DeformableEncoder(config.decoder, num_levels) if config.decoder.num_encoder_layers > 0 else None
         self.decoder = DeformableDecoder(config.decoder, num_levels, config.num_classes, config.quality_head)
         self.seg_heads = (
-            nn.ModuleList(nn.Conv3d(d_model, config.num_classes + 1, 1) for _ in range(num_levels))
+            nn.ModuleList(Conv3d(d_model, config.num_classes + 1, 1) for _ in range(num_levels))
             if config.segmentation_heads
             else None
         )

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .backbone import LEAKY_SLOPE, conv_norm_act
 from .config import SegmentationBranchConfig
+from .convolution import Conv3d
 from .upsampling_convolution import upsampled_convolution
 
 # Stride-2 voxels of context around a region read by the fine stage, so that the region's logits are exact: three
@@ -58,7 +59,7 @@ def _unit(in_channels: int, out_channels: int) -> nn.Sequential:
 
 def _fine_unit(in_channels: int, out_channels: int) -> nn.Sequential:
     """Conv and LeakyReLU without normalisation: statistics over a region would depend on the region."""
-    return nn.Sequential(nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1), nn.LeakyReLU(LEAKY_SLOPE))
+    return nn.Sequential(Conv3d(in_channels, out_channels, kernel_size=3, padding=1), nn.LeakyReLU(LEAKY_SLOPE))
 
 
 def fine_regions(probabilities: Tensor, threshold: float, margin: int) -> list[Region | None]:
@@ -129,12 +130,12 @@ class SegmentationBranch(nn.Module):
         self.config = config
         half, full = config.channels
         self.to_half = _unit(pyramid_channels + stride2_channels, half)
-        self.classifier = nn.Conv3d(half, num_classes + 1, kernel_size=1)
+        self.classifier = Conv3d(half, num_classes + 1, kernel_size=1)
         self.fine_units: nn.Module | None = None
-        self.fine_classifier: nn.Conv3d | None = None
+        self.fine_classifier: Conv3d | None = None
         if config.output_stride == 1:
             self.fine_units = nn.Sequential(_fine_unit(half + image_channels, full), _fine_unit(full, full))
-            self.fine_classifier = nn.Conv3d(full, num_classes + 1, kernel_size=1)
+            self.fine_classifier = Conv3d(full, num_classes + 1, kernel_size=1)
             nn.init.zeros_(self.fine_classifier.weight)
             nn.init.zeros_(self.fine_classifier.bias)
 
