@@ -192,6 +192,8 @@ def test_bad_options_are_one_line_errors(setup, tmp_path, capsys) -> None:
     assert "nothing to resume" in capsys.readouterr().err
     assert train(setup, tmp_path / "c", "--dense-lambda", "1.5") == 2
     assert "--dense-lambda" in capsys.readouterr().err
+    assert train(setup, tmp_path / "s", "--select-by", "Dice") == 2
+    assert "--select-by Dice needs a segmentation branch" in capsys.readouterr().err
     assert train(setup, tmp_path / "d", "--lr-backbone", "0") == 2
     assert "--lr-backbone must be positive" in capsys.readouterr().err
     for item in ("Liver=3", "Esophagus=0", "Esophagus", "Esophagus=x"):
@@ -300,12 +302,20 @@ def test_physical_space_run_with_segmentation_branch_and_quality_head(tmp_path, 
     config_path.write_text(config.to_json(), encoding="utf-8")
     setup = (write_dataset_json(tmp_path, data_dir), config_path)
     output = tmp_path / "run"
-    assert train(setup, output, "--epochs", "1", "--batch-size", "2", "--warmup-steps", "1",
+    assert train(setup, output, "--epochs", "2", "--batch-size", "2", "--warmup-steps", "1", "--select-by", "Dice",
                  "--oversample-rare-organs", "0.5", "--seg-class-weight", "Esophagus=30") == 0  # fmt: skip
     saved = DetectorConfig.from_json_file(output / "last" / "config.json")
     assert saved.train.oversample_rare_organs == 0.5 and saved.loss.seg_class_weights == {"Esophagus": 30.0}
-    row = history(output)[-1]
+    assert saved.train.select_by == "Dice"
+    rows = history(output)
+    row = rows[-1]
     assert {"train_loss_quality", "train_loss_seg_branch", "train_loss_seg_fine"} <= set(row) and "val_mAP" in row
+    # best/ is the epoch with the highest mean Dice (the first one on a tie), whatever its mAP.
+    best = json.loads((output / "best" / "metrics.json").read_text(encoding="utf-8"))
+    dice = [r["val_Dice"] for r in rows]
+    assert best["Dice"] == pytest.approx(max(dice)) and best["mAP"] == pytest.approx(
+        rows[dice.index(max(dice))]["val_mAP"]
+    )
     metrics_path = tmp_path / "metrics.json"
     assert main(["evaluate", "--model", str(output / "last"), "--data", str(setup[0]), "--output",
                  str(metrics_path), "--device", "cpu"]) == 0  # fmt: skip

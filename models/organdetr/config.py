@@ -291,6 +291,9 @@ class TrainConfig:
     oversample_rare_organs: float = 0.0
     # Parameter-name prefixes that train; empty = all (e.g. ("presence_head",) to fit a new head on a trained net).
     train_only: tuple[str, ...] = ()
+    # The validation figure that picks best/: the query boxes' mAP, or the segmentation branch's mean Dice over the
+    # organs (for runs that train only the branch, whose query boxes do not change).
+    select_by: Literal["mAP", "Dice"] = "mAP"
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
     field_of_view: FieldOfViewConfig = field(default_factory=FieldOfViewConfig)
 

@@ -52,6 +52,7 @@ class ConfigChoices:
     presence_head: bool = False
     presence_levels: int | None = None
     train_only: Sequence[str] | None = None
+    select_by: str | None = None
     oversample_rare_organs: float | None = None
     seg_class_weight: Sequence[str] | None = None  # ORGAN=WEIGHT items
     soft_tissue_channel: bool = False
@@ -89,6 +90,7 @@ def new_run_config(
         "val_every": choices.val_every,
         "oversample_rare_organs": choices.oversample_rare_organs,
         "train_only": tuple(choices.train_only or ()),  # a choice of this run, never inherited from --init-weights
+        "select_by": choices.select_by or "mAP",  # likewise
     }
     train = replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
     if choices.no_augment:
@@ -136,6 +138,8 @@ def new_run_config(
     if choices.soft_tissue_channel and SOFT_TISSUE_HU not in preprocess.extra_hu_windows:
         preprocess = replace(preprocess, extra_hu_windows=(*preprocess.extra_hu_windows, SOFT_TISSUE_HU))
         model = replace(model, backbone=replace(model.backbone, in_channels=model.backbone.in_channels + 1))
+    if train.select_by == "Dice" and not model.segmentation_branch.enabled:
+        raise UserInputError("--select-by Dice needs a segmentation branch (--segmentation-branch)")
     return replace(
         config,
         name=name,

@@ -111,6 +111,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init-weights ... --presence-head); the rest stays as it is",
     )
     parser.add_argument(
+        "--select-by",
+        choices=("mAP", "Dice"),
+        default=None,
+        help="the validation figure that picks best/: the query boxes' mAP (default) or the segmentation branch's mean "
+        "Dice over the organs (for runs that train only the branch)",
+    )
+    parser.add_argument(
         "--oversample-rare-organs",
         type=float,
         default=None,

@@ -42,7 +42,7 @@ class TrainingState:
     epoch: int = 0  # current epoch (0-based)
     step_in_epoch: int = 0  # optimiser steps already done in the current epoch
     global_step: int = 0
-    best_map: float = -1.0
+    best_map: float = -1.0  # the best validation figure of TrainConfig.select_by so far
     loss_sums: dict[str, float] = field(default_factory=dict)  # running sums of the current epoch
     elapsed_s: float = 0.0  # training wall time over all invocations
 
@@ -221,6 +221,8 @@ class Trainer:
             query_boxes = replace(self.config, refinement=replace(self.config.refinement, enabled=False))
             metrics = evaluate_cases(self.model, self.val_cases, query_boxes, self.device)
             result = metrics.to_dict()
+            dice = [value for value in (metrics.segmentation_dice or {}).values() if value is not None]
+            result["Dice"] = sum(dice) / len(dice) if dice else None
         self.dist.barrier()
         return result
 
@@ -314,15 +316,16 @@ class Trainer:
         validate = stopping or last_epoch or (complete and (epoch + 1) % train_config.val_every == 0)
         metrics = self.validate() if validate else None
         if metrics is not None:
-            row.update({f"val_{k}": metrics[k] for k in VALIDATION_KEYS})
+            row.update({f"val_{k}": metrics[k] for k in VALIDATION_KEYS if metrics.get(k) is not None})
         self.state.elapsed_s += seconds
         if complete:
             self.state.epoch += 1
             self.state.step_in_epoch = 0
             self.state.loss_sums = {}
-        improved = metrics is not None and metrics["mAP"] is not None and metrics["mAP"] > self.state.best_map
+        chosen = None if metrics is None else metrics[train_config.select_by]
+        improved = chosen is not None and chosen > self.state.best_map
         if improved:
-            self.state.best_map = metrics["mAP"]
+            self.state.best_map = chosen
         training_state = self._training_state()  # collective: every rank takes part
         if self.log is None:
             return

@@ -20,7 +20,7 @@ HISTORY_FILE = "history.json"
 CSV_FILE = "metrics.csv"
 PLOT_FILE = "training_curves.png"
 # Validation metrics logged per row (``val_<key>``) and plotted.
-VALIDATION_KEYS = ("mAP", "AP50", "AP75", "mAR", "mAP_nndet")
+VALIDATION_KEYS = ("mAP", "AP50", "AP75", "mAR", "mAP_nndet", "Dice")  # Dice: with a segmentation branch
 
 
 class TrainingLog:
