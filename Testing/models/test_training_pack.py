@@ -112,3 +112,10 @@ def test_files_that_are_not_packs_are_one_line_errors(packed, tmp_path, capsys) 
                  "--model", str(model)]) == 2  # fmt: skip
     assert "a training pack is a .npz file" in capsys.readouterr().err
     assert not (tmp_path / "p.zip").exists()
+    # An existing file is not replaced without --overwrite: the pack keeps its bytes.
+    before = pack.read_bytes()
+    assert main(["pack", "--data", str(tmp_path / "dataset.json"), "--output", str(pack), "--model", str(model)]) == 2
+    assert "already exists" in capsys.readouterr().err and pack.read_bytes() == before
+    assert main(["pack", "--data", str(tmp_path / "dataset.json"), "--output", str(tmp_path / "missing" / "p.npz"),
+                 "--model", str(model)]) == 2  # fmt: skip
+    assert "does not exist" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic_file import atomic_path, check_writable
 from .config import PreprocessConfig, _from_dict
 from .dataset import (
     CaseCache,
@@ -169,8 +170,6 @@ def write_training_pack(
     ``output``, written atomically."""
     from tqdm import tqdm
 
-    from .atomic_file import atomic_path
-
     description = load_dataset_json(data, available_splits(data))
     cache = CaseCache(description.class_names, preprocess, cache_dir)
     arrays: dict[str, np.ndarray] = {}
@@ -216,6 +215,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the pack only with that preprocessing",
     )
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse (and fill) this preprocessing cache")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -223,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not is_training_pack(args.output):
         raise UserInputError(f"--output {args.output}: a training pack is a {PACK_SUFFIX} file")
+    check_writable(args.output, args.overwrite)
     pack = write_training_pack(args.output, args.data, load_checkpoint(args.model).config.preprocess, args.cache_dir)
     size_mb = pack.path.stat().st_size / 2**20
     counts = ", ".join(f"{len(names)} {split}" for split, names in pack.splits.items())
