@@ -108,6 +108,15 @@ def test_files_that_are_not_packs_are_one_line_errors(packed, tmp_path, capsys) 
                 if name != "training/1/label_map.npy":
                     target.writestr(name, source.read(name))
         read_training_pack(broken)
+    # A member that is not an array (a damaged pack): one line when training reads it.
+    damaged = tmp_path / "damaged.npz"
+    with zipfile.ZipFile(pack) as source, zipfile.ZipFile(damaged, "w") as target:
+        for name in source.namelist():
+            target.writestr(name, b"not an array" if name == "training/1/image.npy" else source.read(name))
+    assert main(["train", "--data", str(damaged), "--config", str(model / "config.json"), "--output",
+                 str(tmp_path / "run"), "--device", "cpu"]) == 2  # fmt: skip
+    error = capsys.readouterr().err
+    assert "a case's data is damaged" in error and error.count("\n") == 1
     assert main(["pack", "--data", str(tmp_path / "dataset.json"), "--output", str(tmp_path / "p.zip"),
                  "--model", str(model)]) == 2  # fmt: skip
     assert "a training pack is a .npz file" in capsys.readouterr().err

@@ -290,8 +290,11 @@ class CaseCache:
         text = json.dumps([_CACHE_VERSION, stats, self.class_names, self.config.__dict__], default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
-    def get(self, record: CaseRecord) -> PreprocessedCase:
+    def get(self, record: CaseRecord, keep_in_memory: bool = True) -> PreprocessedCase:
+        """The case preprocessed; ``keep_in_memory`` False: not held here (a caller that visits each case once)."""
         memory_key = (record.image, record.label)
+        if not keep_in_memory:
+            return self._memory.get(memory_key) or self._load_or_build(record)
         if memory_key not in self._memory:
             self._memory[memory_key] = self._load_or_build(record)
         return self._memory[memory_key]

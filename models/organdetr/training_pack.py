@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import lzma
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,22 +90,32 @@ class TrainingPack(DescribedData):
                 "make a pack with this run's model (organdetr pack --model)"
             )
         with _open(self.path) as arrays:
-            return [
-                PreprocessedCase(
-                    name=name,
-                    image=torch.from_numpy(arrays[f"{split}/{i}/image"]).half().div_(IMAGE_LEVELS),
-                    label_map=torch.from_numpy(arrays[f"{split}/{i}/label_map"]),
-                    annotated=torch.from_numpy(arrays[f"{split}/{i}/annotated"]),
-                    index_to_network=arrays[f"{split}/{i}/index_to_network"],
-                    network_spacing_mm=arrays[f"{split}/{i}/network_spacing_mm"],
-                )
-                for i, name in enumerate(self.splits[split])
-            ]
+            try:
+                return [self._case(arrays, split, i, name) for i, name in enumerate(self.splits[split])]
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile, lzma.LZMAError) as error:
+                raise UserInputError(f"{self.path}: a case's data is damaged ({error}); make the pack again") from None
+
+    @staticmethod
+    def _case(arrays, split: str, i: int, name: str) -> PreprocessedCase:
+        def array(key: str) -> np.ndarray:
+            value = arrays[f"{split}/{i}/{key}"]
+            if not isinstance(value, np.ndarray):  # np.load gives a member without the .npy header as bytes
+                raise ValueError(f"{split}/{i}/{key} is not an array")
+            return value
+
+        return PreprocessedCase(
+            name=name,
+            image=torch.from_numpy(array("image")).half().div_(IMAGE_LEVELS),
+            label_map=torch.from_numpy(array("label_map")),
+            annotated=torch.from_numpy(array("annotated")),
+            index_to_network=array("index_to_network"),
+            network_spacing_mm=array("network_spacing_mm"),
+        )
 
 
 def is_training_pack(path: str | Path) -> bool:
     """Whether ``path`` names a pack (a ``.npz`` file) rather than a ``dataset.json``."""
-    return Path(path).suffix == PACK_SUFFIX
+    return Path(path).suffix.lower() == PACK_SUFFIX
 
 
 def load_training_data(path: str | Path):
@@ -171,17 +182,6 @@ def write_training_pack(
     from tqdm import tqdm
 
     description = load_dataset_json(data, available_splits(data))
-    cache = CaseCache(description.class_names, preprocess, cache_dir)
-    arrays: dict[str, np.ndarray] = {}
-    for split, records in description.splits.items():
-        for i, record in enumerate(tqdm(records, desc=f"pack {split}", unit="case")):
-            case = cache.get(record)
-            key = f"{split}/{i}"
-            arrays[f"{key}/image"] = case.image.float().mul(IMAGE_LEVELS).round_().to(torch.uint8).numpy()
-            arrays[f"{key}/label_map"] = case.label_map.numpy()
-            arrays[f"{key}/annotated"] = case.annotated.numpy()
-            arrays[f"{key}/index_to_network"] = case.index_to_network
-            arrays[f"{key}/network_spacing_mm"] = case.network_spacing_mm
     meta = {
         "format": PACK_FORMAT,
         "version": PACK_VERSION,
@@ -192,16 +192,27 @@ def write_training_pack(
         "preprocess": dataclasses.asdict(preprocess),
         "training_median_spacing_mm": list(median_spacing(description.splits["training"], preprocess.orientation)),
     }
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    cache = CaseCache(description.class_names, preprocess, cache_dir)
     output = Path(output).expanduser()
     with (
         atomic_path(output, suffix=PACK_SUFFIX) as temporary,
         zipfile.ZipFile(temporary, "w", zipfile.ZIP_LZMA) as pack,
     ):
         # np.savez_compressed's layout with LZMA instead of deflate (np.load reads both): 18 % smaller for OpenKBP.
-        for key, array in arrays.items():
+        # Written case by case, so that only one case is in memory whatever the dataset's size.
+        def put(key: str, array: np.ndarray) -> None:
             with pack.open(f"{key}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
+
+        put("meta", np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8))
+        for split, records in description.splits.items():
+            for i, record in enumerate(tqdm(records, desc=f"pack {split}", unit="case")):
+                case = cache.get(record, keep_in_memory=False)
+                put(f"{split}/{i}/image", case.image.float().mul(IMAGE_LEVELS).round_().to(torch.uint8).numpy())
+                put(f"{split}/{i}/label_map", case.label_map.numpy())
+                put(f"{split}/{i}/annotated", case.annotated.numpy())
+                put(f"{split}/{i}/index_to_network", case.index_to_network)
+                put(f"{split}/{i}/network_spacing_mm", case.network_spacing_mm)
     return read_training_pack(output)
 
 
