@@ -19,7 +19,8 @@
 #   ORGANDETR_VAL_EVERY=5  ORGANDETR_WARMUP_STEPS=200  ORGANDETR_WORKERS=8  ORGANDETR_EXPORT=FOLDER
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Runs from a checkout as well as from an installed package (a rented machine need not pip-install it).
+# Runs from a checkout as well as from an installed package (a rented machine need not pip-install it), with the
+# python3 on PATH (a rented machine may have no plain "python").
 export PYTHONPATH="$PWD/models:$PWD/backend:$PWD/OrganDETRSlicer${PYTHONPATH:+:$PYTHONPATH}"
 run="${1:?usage: models/train_on_gpu.sh RUN_FOLDER [MINUTES [FURTHER TRAIN OPTIONS...]]}"
 minutes="${2:-8}"
@@ -41,9 +42,9 @@ export_run() {
 }
 trap export_run EXIT
 if [ -f "$run/last/config.json" ]; then
-    python -m organdetr_backend.cli train "${common[@]}" --resume "$@"
+    python3 -m organdetr_backend.cli train "${common[@]}" --resume "$@"
 else
-    python -m organdetr_backend.cli train "${common[@]}" --init-weights default \
+    python3 -m organdetr_backend.cli train "${common[@]}" --init-weights default \
         --segmentation-stride 1 --quality-head --oversample-rare-organs 0.5 \
         --device "${ORGANDETR_DEVICE:-cuda}" --batch-size 8 --lr 2e-4 --warmup-steps "${ORGANDETR_WARMUP_STEPS:-200}" \
         --epochs "${ORGANDETR_EPOCHS:-400}" --val-every "${ORGANDETR_VAL_EVERY:-5}" "$@"
