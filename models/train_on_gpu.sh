@@ -17,6 +17,9 @@
 #   models/train_on_gpu.sh RUN_FOLDER [MINUTES [FURTHER TRAIN OPTIONS...]]
 #   ORGANDETR_DATA=dataset.json|pack.npz  ORGANDETR_CACHE=cache/  ORGANDETR_DEVICE=cuda|cpu  ORGANDETR_EPOCHS=400
 #   ORGANDETR_VAL_EVERY=5  ORGANDETR_WARMUP_STEPS=200  ORGANDETR_WORKERS=8  ORGANDETR_EXPORT=FOLDER
+#   ORGANDETR_DATA_ON_DEVICE=1 (training cases held, cut and augmented on the GPU in the training process instead of
+#   by CPU loader workers; `python3 benchmarks/training_pipeline.py --data ... --device cuda --batch-size 32` says
+#   which keeps up with a step)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Runs from a checkout as well as from an installed package (a rented machine need not pip-install it), with the
@@ -28,6 +31,7 @@ shift $(($# < 2 ? $# : 2))
 data="${ORGANDETR_DATA:-../shared/data/openkbp/dataset.json}"
 cache="${ORGANDETR_CACHE:-$run.cache}"
 common=(--data "$data" --output "$run" --cache-dir "$cache" --time-limit-minutes "$minutes" --workers "${ORGANDETR_WORKERS:-8}")
+if [ "${ORGANDETR_DATA_ON_DEVICE:-0}" = 1 ]; then common+=(--data-on-device); fi
 export_run() {
     local code=$? folder="${ORGANDETR_EXPORT:-}"
     if [ -n "$folder" ]; then

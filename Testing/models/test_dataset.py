@@ -9,7 +9,7 @@ import pytest
 import torch
 from openkbp_dataset import CLASS_NAMES, write_dataset_json
 from organdetr.checkpoint import save_checkpoint
-from organdetr.config import AugmentConfig, PreprocessConfig
+from organdetr.config import AugmentConfig, FieldOfViewConfig, PreprocessConfig
 from organdetr.dataset import (
     MIN_OBJECT_VOXELS,
     CaseCache,
@@ -149,6 +149,27 @@ def test_augmentation_recomputes_boxes_and_is_reproducible(dataset_json) -> None
     images, targets, names = collate([dataset[0], dataset[1]])
     assert images.shape == (2, 1, 48, 48, 40) and len(targets) == 2 and names[1] == "pt_201_upper"
     assert targets[1]["annotated"].tolist() == [True, False, False, False, False, False, True]
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_samples_made_on_the_device_are_the_loader_workers_samples(dataset_json, device) -> None:
+    """``--data-on-device``: cases held on the training device, windows cut and augmented there; the same random
+    choices as on the CPU, so the same samples (to float rounding on another device), targets on the CPU but the
+    label map, which the segmentation losses read on the device."""
+    description = load_dataset_json(dataset_json)
+    cache = CaseCache(CLASS_NAMES, SMALL)
+    cases = [cache.get(record) for record in description.splits["training"]]
+    options = {"augment": AugmentConfig(affine_probability=1.0), "field_of_view": FieldOfViewConfig(), "seed": 5}
+    on_cpu = DetectionDataset(cases, SMALL.spatial_size, **options)
+    on_device = DetectionDataset(cases, SMALL.spatial_size, **options, device=torch.device(device))
+    assert all(case.image.device.type == device and case.image.dtype == torch.float16 for case in on_device.cases)
+    for key in [(0, 0), (0, 1), (1, 0), (3, 1)]:
+        (image, target, name), (moved, moved_target, moved_name) = on_cpu[key], on_device[key]
+        assert moved.device.type == moved_target["label_map"].device.type == device and moved_name == name
+        torch.testing.assert_close(moved.cpu(), image, atol=1e-4, rtol=0)
+        assert torch.equal(moved_target["label_map"].cpu(), target["label_map"])
+        for field in ("labels", "boxes", "annotated"):
+            assert moved_target[field].device.type == "cpu" and torch.equal(moved_target[field], target[field])
 
 
 def test_evaluate_rejects_dataset_with_other_organs(tmp_path, data_dir, capsys, tiny_config) -> None:

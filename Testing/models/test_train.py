@@ -129,6 +129,22 @@ def test_training_steps_reduce_the_loss_and_write_the_run_folder(setup, tmp_path
     assert train(setup, output, "--epochs", "1") == 2
 
 
+def test_data_on_device_trains_as_the_loader_workers_do(setup, tmp_path) -> None:
+    """``--data-on-device`` makes the samples in the training process (loader workers would get device tensors
+    they cannot hand over): the same samples, the same weights."""
+    common = ("--epochs", "2", "--batch-size", "1", "--warmup-steps", "1", "--val-every", "5", "--workers", "2")
+    assert train(setup, tmp_path / "workers", *common) == 0
+    assert train(setup, tmp_path / "device", *common, "--data-on-device") == 0
+    workers = load_file(tmp_path / "workers" / "last" / "model.safetensors")
+    device = load_file(tmp_path / "device" / "last" / "model.safetensors")
+    assert workers.keys() == device.keys()
+    for name in workers:
+        torch.testing.assert_close(device[name], workers[name], rtol=1e-5, atol=1e-6)
+    assert [row["train_loss"] for row in history(tmp_path / "device")] == pytest.approx(
+        [row["train_loss"] for row in history(tmp_path / "workers")], rel=1e-5
+    )
+
+
 @pytest.mark.parametrize("workers", ["0", "2"])  # 2: loader workers that live across epochs
 def test_resume_continues_exactly(setup, tmp_path, workers) -> None:
     # 2 cases, batch 1: 2 steps per epoch; the reference stops mid-epoch 2, the other run is interrupted twice.

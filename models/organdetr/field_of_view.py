@@ -44,7 +44,8 @@ def _organ_free_slabs(label_map: torch.Tensor, annotated: torch.Tensor) -> list[
     """Head-foot index ranges ``[lo, hi)`` without a voxel of any annotated organ, at least MIN_EXTENT_VOXELS long."""
     annotated_values = (annotated.nonzero()[:, 0] + 1).tolist()
     other_axes = tuple(a for a in range(3) if a != HEAD_FOOT_AXIS)
-    has_organ = torch.isin(label_map, torch.tensor(annotated_values, dtype=label_map.dtype)).any(dim=other_axes)
+    values = torch.tensor(annotated_values, dtype=label_map.dtype, device=label_map.device)
+    has_organ = torch.isin(label_map, values).any(dim=other_axes)
     slabs, start = [], None
     for index, occupied in enumerate([*has_organ.tolist(), True]):
         if not occupied and start is None:

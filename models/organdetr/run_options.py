@@ -21,6 +21,7 @@ class RunOptions:
     resume: bool = False
     init_weights: str | None = None  # model folder to fine-tune ("default": the shipped model)
     device: str = "auto"
+    data_on_device: bool = False  # training cases held, cut and augmented on the device (no loader workers)
     cache_dir: Path | None = None  # preprocessed volumes on disk
     max_steps: int | None = None  # stop after this many optimiser steps in total (the schedule spans all epochs)
     time_limit_minutes: float | None = None  # stop after this much training time in this invocation

@@ -154,6 +154,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-every", type=int, default=None, help="validate every N epochs (default 1)")
     parser.add_argument("--device", default=RunOptions.device, choices=("auto", "cpu", "cuda"))
     parser.add_argument(
+        "--data-on-device",
+        action="store_true",
+        help="keep the training cases on the training device and cut and augment the windows there, in the training "
+        "process (no loader workers): for a GPU, whose CPU-side loader workers cannot keep up with a large batch",
+    )
+    parser.add_argument(
         "--max-steps",
         type=int,
         default=None,

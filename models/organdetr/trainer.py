@@ -92,6 +92,7 @@ class Trainer:
             augment=train_config.augmentation if train_config.augment else None,
             field_of_view=train_config.field_of_view if train_config.augment else None,
             seed=train_config.seed,
+            device=self.device if options.data_on_device else None,
         )
         self.sampler = self._sampler()
         self.steps_per_epoch = math.ceil(len(self.sampler) / train_config.batch_size)
@@ -253,14 +254,16 @@ class Trainer:
         # GPU machine with 12 workers the first batch of an epoch took 3.5 s, start-up included); the epoch travels
         # in the keys.
         epoch_order = EpochOrder()
+        # Samples made on the device are made here: worker processes cannot hand device tensors over.
+        workers = 0 if self.options.data_on_device else train_config.num_workers
         loader = torch.utils.data.DataLoader(
             self.dataset,
             batch_size=train_config.batch_size,
             sampler=epoch_order,
-            num_workers=train_config.num_workers,
+            num_workers=workers,
             collate_fn=collate,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=train_config.num_workers > 0,
+            pin_memory=self.device.type == "cuda" and not self.options.data_on_device,
+            persistent_workers=workers > 0,
             # Its own generator: the loader draws a seed per epoch, which must not advance the global RNG (dropout)
             # for a resumed run to continue exactly.
             generator=torch.Generator().manual_seed(train_config.seed),
