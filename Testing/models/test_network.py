@@ -17,7 +17,6 @@ from organdetr.config import (
     preset_config,
 )
 from organdetr.deformable_attention import MultiScaleDeformableAttention3D, multi_scale_deformable_sampling
-from organdetr.fine_tuning import extended_model
 from organdetr.msa import MultiScaleAttentionEncoder
 from organdetr.organ_detr import OrganDETR, build_model
 from organdetr.position_encoding import sine_position_encoding_3d
@@ -80,7 +79,7 @@ def test_paper_preset_shapes_at_small_input():
 
 @pytest.mark.parametrize(
     "variant",
-    ["small", "no_msa", "no_refine_with_encoder", "segmentation_branch_quality_presence", "segmentation_units"],
+    ["small", "no_msa", "no_refine_with_encoder", "segmentation_branch_quality_presence"],
 )
 def test_every_parameter_gets_a_gradient(variant):
     torch.manual_seed(0)
@@ -100,9 +99,6 @@ def test_every_parameter_gets_a_gradient(variant):
             presence_head=True,
             presence_levels=len(config.backbone.out_stages),  # every level feeds the presence head
         )
-    elif variant == "segmentation_units":
-        branch = SegmentationBranchConfig(enabled=True, output_stride=1, stride4_units=1, stride2_units=2)
-        config = dataclasses.replace(config, segmentation_branch=branch)
     model = build_model(config).train()
     images = torch.randn(2, 1, 32, 32, 32)
     _random_loss(model(images), torch.Generator().manual_seed(1)).backward()
@@ -331,29 +327,6 @@ def test_segmentation_branch_and_quality_head_shapes(output_stride):
     assert outputs["pred_quality"].shape == (1, config.decoder.num_queries)
     assert all(aux["pred_quality"].shape == (1, config.decoder.num_queries) for aux in outputs["aux_outputs"])
     assert "seg_full_logits" not in plain and "pred_quality" in plain
-
-
-def test_units_added_to_a_trained_branch_start_as_the_identity() -> None:
-    """A model extended with residual units computes exactly what it did; the units then change it once trained."""
-    torch.manual_seed(0)
-    branch = SegmentationBranchConfig(enabled=True, output_stride=1)
-    trained = build_model(dataclasses.replace(_small(), segmentation_branch=branch)).eval()
-    with torch.no_grad():  # a "trained" branch: nothing zero-initialised left in it
-        for p in trained.seg_branch.parameters():
-            p.normal_(std=0.1)
-    deeper = dataclasses.replace(branch, stride4_units=2, stride2_units=1)
-    extended = extended_model(trained, dataclasses.replace(_small(), segmentation_branch=deeper)).eval()
-    assert len(extended.seg_branch.stride4_units) == 2 and len(extended.seg_branch.stride2_units) == 1
-    images = torch.randn(1, 1, 32, 32, 32)
-    with torch.no_grad():
-        before, after = trained(images, return_segmentation=True), extended(images, return_segmentation=True)
-        assert torch.equal(before["seg_full_logits"], after["seg_full_logits"])
-        assert before["seg_fine_logits"][0].region == after["seg_fine_logits"][0].region
-        assert torch.equal(before["seg_fine_logits"][0].logits, after["seg_fine_logits"][0].logits)
-        for unit in [*extended.seg_branch.stride4_units, *extended.seg_branch.stride2_units]:
-            unit.out.weight.normal_(std=0.1)
-        changed = extended(images, return_segmentation=True)["seg_full_logits"]
-    assert not torch.allclose(changed, before["seg_full_logits"])
 
 
 def test_fine_regions_cover_the_organ_cells_plus_the_margin() -> None:

@@ -96,11 +96,6 @@ class SegmentationBranchConfig:
     # The fine stage's region: stride-2 voxels where any organ's probability reaches this, grown by the margin.
     fine_region_threshold: float = 0.05
     fine_region_margin: int = 2
-    # Residual units (conv, norm, activation, conv) on the finest pyramid level before its upsampling and on the
-    # stride-2 features before the classifier: depth and context for a decoder that otherwise has one convolution.
-    # A unit's second convolution starts at zero, so units added to a trained branch start as the identity.
-    stride4_units: int = 0
-    stride2_units: int = 0
 
 
 @dataclass

@@ -48,7 +48,6 @@ class ConfigChoices:
     no_msa: bool = False
     segmentation_branch: bool = False
     segmentation_stride: int | None = None
-    segmentation_units: Sequence[int] | None = None  # residual units at stride 4 and at stride 2
     quality_head: bool = False
     presence_head: bool = False
     presence_levels: int | None = None
@@ -127,18 +126,10 @@ def new_run_config(
     model = config.model
     if choices.no_msa:
         model = replace(model, msa=replace(model.msa, enabled=False))
-    if choices.segmentation_branch or choices.segmentation_stride is not None or choices.segmentation_units:
+    if choices.segmentation_branch or choices.segmentation_stride is not None:
         branch = replace(model.segmentation_branch, enabled=True)
         if choices.segmentation_stride is not None:
             branch = replace(branch, output_stride=choices.segmentation_stride)
-        if choices.segmentation_units:
-            stride4_units, stride2_units = choices.segmentation_units
-            if stride4_units < branch.stride4_units or stride2_units < branch.stride2_units:
-                raise UserInputError(
-                    "--segmentation-units cannot remove units the starting model has "
-                    f"({branch.stride4_units} {branch.stride2_units})"
-                )
-            branch = replace(branch, stride4_units=stride4_units, stride2_units=stride2_units)
         model = replace(model, segmentation_branch=branch)
     if choices.quality_head:
         model = replace(model, quality_head=True)

@@ -62,22 +62,6 @@ def _fine_unit(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(Conv3d(in_channels, out_channels, kernel_size=3, padding=1), nn.LeakyReLU(LEAKY_SLOPE))
 
 
-class ResidualUnit(nn.Module):
-    """``x + conv(act(norm(conv(x))))`` at a constant width; the second convolution starts at zero, so a unit added to
-    a trained branch starts as the identity and the branch computes what it did."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.inner = _unit(channels, channels)
-        self.out = Conv3d(channels, channels, kernel_size=3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        # Instance normalisation returns the default layout: back to channels-last for the convolution after it.
-        return x + self.out(channels_last_on_cpu(self.inner(x)))
-
-
 def fine_regions(probabilities: Tensor, threshold: float, margin: int) -> list[Region | None]:
     """Per sample of the stride-2 class probabilities ``[B, K+1, ...]`` (channel 0: background), the box where any
     organ's probability reaches ``threshold``, grown by ``margin`` voxels (``None``: no organ anywhere)."""
@@ -145,9 +129,7 @@ class SegmentationBranch(nn.Module):
             raise ValueError(f"segmentation branch output_stride must be 1 or 2, got {config.output_stride}")
         self.config = config
         half, full = config.channels
-        self.stride4_units = nn.Sequential(*(ResidualUnit(pyramid_channels) for _ in range(config.stride4_units)))
         self.to_half = _unit(pyramid_channels + stride2_channels, half)
-        self.stride2_units = nn.Sequential(*(ResidualUnit(half) for _ in range(config.stride2_units)))
         self.classifier = Conv3d(half, num_classes + 1, kernel_size=1)
         self.fine_units: nn.Module | None = None
         self.fine_classifier: Conv3d | None = None
@@ -159,10 +141,9 @@ class SegmentationBranch(nn.Module):
 
     def forward(self, finest: Tensor, stride2: Tensor, images: Tensor) -> dict[str, Tensor | list[FineLogits | None]]:
         finest, stride2, conv = channels_last_on_cpu(finest), channels_last_on_cpu(stride2), self.to_half.conv
-        finest = self.stride4_units(finest)
         joined = upsampled_convolution(finest, stride2, conv.weight, conv.bias)
         # Instance normalisation returns the default layout: back to channels-last for the convolutions after it.
-        half = self.stride2_units(channels_last_on_cpu(self.to_half.adn(joined)))
+        half = channels_last_on_cpu(self.to_half.adn(joined))
         coarse = self.classifier(half)
         outputs: dict[str, Tensor | list[FineLogits | None]] = {"seg_full_logits": coarse}
         if self.fine_units is not None and self.fine_classifier is not None:

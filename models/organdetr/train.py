@@ -88,15 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--segmentation-branch",
     )
     parser.add_argument(
-        "--segmentation-units",
-        type=int,
-        nargs=2,
-        metavar=("STRIDE4", "STRIDE2"),
-        default=None,
-        help="residual units in the segmentation branch on its stride-4 input and at stride 2 (depth and context); "
-        "units added to a trained branch start as the identity; implies --segmentation-branch",
-    )
-    parser.add_argument(
         "--quality-head", action="store_true", help="add the IoU-quality head (scores rank boxes by predicted IoU)"
     )
     parser.add_argument(
