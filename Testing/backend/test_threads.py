@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,13 +70,35 @@ def test_free_cores(cores, busy, expected) -> None:
 
 def test_default_follows_free_cores_unless_omp_num_threads_is_set(monkeypatch) -> None:
     monkeypatch.setattr(threads, "usable_cores", lambda: 4)
-    monkeypatch.setattr(threads, "busy_cores", lambda: 1.2)
+    monkeypatch.setattr(threads, "busy_cores", lambda meanwhile: (meanwhile(), 1.2)[1])
     monkeypatch.delenv(threads.NUM_THREADS_ENV, raising=False)
     assert threads.default_thread_count() == 3
     monkeypatch.setenv(threads.NUM_THREADS_ENV, "2")
     assert threads.default_thread_count() == 2
     monkeypatch.setenv(threads.NUM_THREADS_ENV, "4,2")  # a nested-parallelism list: left to OpenMP, not ours
     assert threads.default_thread_count() == 3
+
+
+def test_busy_cores_leaves_out_this_process_own_work() -> None:
+    """Sampled while this process keeps a core busy itself (as the CLI does importing torch), that core is not counted
+    as another program's; a program that does keep a core busy is (the machine has at least two)."""
+
+    def spin() -> None:
+        ends = time.monotonic() + 0.5
+        while time.monotonic() < ends:
+            pass
+
+    alone = threads.busy_cores(spin)
+    spinner = subprocess.Popen(
+        [sys.executable, "-c", "import time\nends = time.monotonic() + 3\nwhile time.monotonic() < ends: pass"]
+    )
+    try:
+        time.sleep(0.3)  # the interpreter has started and spins
+        with_another = threads.busy_cores(spin)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert alone < 0.6 < with_another, (alone, with_another)
 
 
 def test_cli_makes_waiting_passive_before_torch_loads(small_abdomen_ct) -> None:
@@ -92,7 +115,7 @@ def test_users_wait_policy_and_thread_count_are_kept(small_abdomen_ct) -> None:
 def test_every_command_gets_the_default(command, small_abdomen_ct, tmp_path, monkeypatch, torch_threads) -> None:
     """train has its own --threads; the CLI's default reaches it too (the command then fails on missing data)."""
     chosen = torch.get_num_threads() + 1
-    monkeypatch.setattr(threads, "default_thread_count", lambda: chosen)
+    monkeypatch.setattr(threads, "default_thread_count", lambda meanwhile: (meanwhile(), chosen)[1])
     arguments = {
         "detect": ["detect", str(small_abdomen_ct), "--top-k", "0"],
         "train": ["train", "--data", str(tmp_path / "missing.json"), "--output", str(tmp_path / "run")],

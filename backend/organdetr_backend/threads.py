@@ -10,7 +10,10 @@ and ``OMP_WAIT_POLICY`` set by the user, always win.
 
 from __future__ import annotations
 
+import importlib
 import os
+import time
+from collections.abc import Callable
 
 from organdetr.errors import UserInputError
 
@@ -20,8 +23,8 @@ NUM_THREADS_ENV = "OMP_NUM_THREADS"
 THREADS_HELP = (
     "CPU threads for this process (default: one per core that other programs leave free, or $OMP_NUM_THREADS)"
 )
-# How long the CPU use of other programs is sampled. The load average would need no wait, but it trails by a minute:
-# it still counts a program that just ended and not yet one that just started.
+# The shortest time over which the CPU use of other programs is sampled. The load average would need no wait, but it
+# trails by a minute: it still counts a program that just ended and not yet one that just started.
 CPU_SAMPLE_S = 0.2
 
 
@@ -45,12 +48,20 @@ def usable_cores() -> int:
     return len(_usable_cpus())
 
 
-def busy_cores() -> float:
-    """How many of this process's usable cores other programs keep busy now (this process idles meanwhile)."""
+def busy_cores(meanwhile: Callable[[], object] = lambda: None) -> float:
+    """How many of this process's usable cores other programs keep busy now, sampled while ``meanwhile`` runs here
+    (and for at least ``CPU_SAMPLE_S``): the usable cores' use minus this process's own, so that the sample need not
+    wait idly (the CLI imports torch meanwhile, ~1.3 s)."""
     import psutil
 
-    per_cpu = psutil.cpu_percent(interval=CPU_SAMPLE_S, percpu=True)
-    return sum(per_cpu[cpu] for cpu in _usable_cpus() if cpu < len(per_cpu)) / 100.0
+    this_process = psutil.Process()
+    started, own_before = time.monotonic(), sum(this_process.cpu_times()[:2])
+    psutil.cpu_percent(percpu=True)  # starts the sample
+    meanwhile()
+    time.sleep(max(0.0, CPU_SAMPLE_S - (time.monotonic() - started)))
+    per_cpu = psutil.cpu_percent(percpu=True)
+    own = (sum(this_process.cpu_times()[:2]) - own_before) / (time.monotonic() - started)
+    return max(0.0, sum(per_cpu[cpu] for cpu in _usable_cpus() if cpu < len(per_cpu)) / 100.0 - own)
 
 
 def free_cores(cores: int, busy: float) -> int:
@@ -64,20 +75,22 @@ def _threads_from_environment() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-def default_thread_count() -> int:
-    """``$OMP_NUM_THREADS`` when set, otherwise one thread per free core."""
+def default_thread_count(meanwhile: Callable[[], object] = lambda: None) -> int:
+    """``$OMP_NUM_THREADS`` when set, otherwise one thread per free core (sampled while ``meanwhile`` runs)."""
     from_environment = _threads_from_environment()
     if from_environment is not None:
+        meanwhile()
         return from_environment
-    return free_cores(usable_cores(), busy_cores())
+    return free_cores(usable_cores(), busy_cores(meanwhile))
 
 
 def configure_threads(threads: int | None) -> int:
-    """Set torch's intra-op thread count to ``threads`` (None: :func:`default_thread_count`); returns the count."""
+    """Set torch's intra-op thread count to ``threads`` (None: :func:`default_thread_count`, sampled while torch is
+    imported); returns the count."""
     if threads is not None and threads < 1:
         raise UserInputError("--threads must be at least 1")
+    count = default_thread_count(lambda: importlib.import_module("torch")) if threads is None else threads
     import torch
 
-    count = default_thread_count() if threads is None else threads
     torch.set_num_threads(count)
     return count
