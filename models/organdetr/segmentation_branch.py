@@ -98,7 +98,10 @@ def grown_region(region: Region, halo: int, shape: tuple[int, ...]) -> Region:
 def upsampled_region(coarse: Tensor, read: Region) -> Tensor:
     """``coarse [C, *stride-2 grid]`` inside ``read`` upsampled x2 (trilinear): equal to the whole grid's upsampled
     and cropped at least one input-grid voxel inside the edges of ``read`` that are not the grid's."""
-    return F.interpolate(coarse[(slice(None), *read)][None], scale_factor=2, mode="trilinear", align_corners=False)[0]
+    # A channels-last copy of the block: the CPU kernel upsamples it 2x faster than the strided view (~11 -> ~5 ms on
+    # the chest CT), and the sum with the fine stage's channels-last output after it is faster too.
+    block = channels_last_on_cpu(coarse[(slice(None), *read)][None])
+    return F.interpolate(block, scale_factor=2, mode="trilinear", align_corners=False)[0]
 
 
 def crop_to(values: Tensor, covered: Region, region: Region) -> Tensor:
