@@ -46,7 +46,7 @@ def boxes_to_mm(boxes: torch.Tensor, shape: Sequence[int], spacing_mm: Sequence[
     return boxes.float() * torch.cat([extent, extent])
 
 
-def _image_detections(case, output, boxes: list[torch.Tensor], gt_classes: torch.Tensor, gt_boxes: torch.Tensor):
+def image_detections(case, output, boxes: list[torch.Tensor], gt_classes: torch.Tensor, gt_boxes: torch.Tensor):
     """One case's :class:`~organdetr.metrics.ImageDetections` in mm, with ``boxes`` as the predicted boxes."""
     from .metrics import ImageDetections
 
@@ -104,11 +104,11 @@ def evaluate_cases(
         output = run_detector(model, case.volume(), device, config, top_k=1, segmentation=branch)
         gt_classes, gt_boxes = boxes_from_label_map(case.label_map, len(class_names), min_voxels=MIN_OBJECT_VOXELS)
 
-        image = _image_detections(case, output, [organ.box for organ in output.organs], gt_classes, gt_boxes)
+        image = image_detections(case, output, [organ.box for organ in output.organs], gt_classes, gt_boxes)
         images.append(image)
         per_case.append({"case": case.name, "organs": _case_organs(image, class_names)})
         if branch:
-            query_images.append(_image_detections(case, output, output.query_boxes, gt_classes, gt_boxes))
+            query_images.append(image_detections(case, output, output.query_boxes, gt_classes, gt_boxes))
             dice.append(segmentation_dice(output.segmentation, case.label_map, case.annotated))
         if quicklook_dir is not None:
             save_quicklook(quicklook_dir / f"{case.name}.png", case, image, class_names, config.preprocess.orientation)
