@@ -384,9 +384,10 @@ class DetectionDataset(torch.utils.data.Dataset):
     is the one of :meth:`set_epoch`, or comes with the key: ``dataset[(epoch, index)]``
     (:class:`~organdetr.sampling.EpochOrder`, for workers that outlive an epoch).
 
-    With ``device`` the cases are held there (moved once) and every sample is cut and augmented there: on a GPU, in
-    the training process, a sample costs milliseconds where a loader worker on the CPU spends most of a second on the
-    affine resampling alone. The random choices are the same on every device (numpy generators seeded per sample).
+    With ``device`` the cases are held there (moved once) and every sample is cut and augmented there, in the training
+    process: on a GPU the affine resampling, the costly part on a CPU (a sample ~0.1 s on 2 threads), runs on the
+    device (whether that beats many loader workers: ``benchmarks/training_pipeline.py``). The random choices are the
+    same on every device (numpy generators seeded per sample), so are the samples.
     """
 
     def __init__(
