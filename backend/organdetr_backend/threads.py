@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from organdetr.errors import UserInputError
 
@@ -61,7 +61,14 @@ def busy_cores(meanwhile: Callable[[], object] = lambda: None) -> float:
     time.sleep(max(0.0, CPU_SAMPLE_S - (time.monotonic() - started)))
     per_cpu = psutil.cpu_percent(percpu=True)
     own = (sum(this_process.cpu_times()[:2]) - own_before) / (time.monotonic() - started)
-    return max(0.0, sum(per_cpu[cpu] for cpu in _usable_cpus() if cpu < len(per_cpu)) / 100.0 - own)
+    return other_programs_cores(per_cpu, _usable_cpus(), own)
+
+
+def other_programs_cores(per_cpu_percent: Sequence[float], usable: Sequence[int], own_cores: float) -> float:
+    """Cores' worth of CPU that other programs use: the use of the ``usable`` CPUs (percent per CPU, as psutil
+    reports it) minus this process's own (``own_cores``), at least 0."""
+    used = sum(per_cpu_percent[cpu] for cpu in usable if cpu < len(per_cpu_percent)) / 100.0
+    return max(0.0, used - own_cores)
 
 
 def free_cores(cores: int, busy: float) -> int:
