@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,11 +40,6 @@ from organdetr.training_pack import load_training_data
 CORNERS = ("lo0", "lo1", "lo2", "hi0", "hi1", "hi2")
 SCORINGS = ("model", "true IoU", "constant")
 ESTIMATES = ("query", "component", "refined", "better of query and component")
-
-
-def voxel_corners(box: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """A normalised centre-size box -> its corners (lo0, lo1, lo2, hi0, hi1, hi2) in voxels of a grid of ``shape``."""
-    return center_size_to_corners(box[None].float())[0] * torch.tensor(list(shape) * 2)
 
 
 def rescored(images: list[ImageDetections], scoring: str) -> list[ImageDetections]:
@@ -86,7 +80,8 @@ def main() -> None:
         refined = [organ.box for organ in output.organs]
         boxes["refined"].append(image_detections(case, output, refined, gt_classes, gt_boxes))
         boxes["query"].append(image_detections(case, output, output.query_boxes, gt_classes, gt_boxes))
-        labels, shape = output.segmentation.numpy(), case.label_map.shape
+        labels = output.segmentation.numpy()
+        scale = torch.tensor(labels.shape, dtype=torch.float32).repeat(2)  # normalised corners -> voxels
         for organ, query in zip(output.organs, output.query_boxes, strict=True):
             truth = gt_boxes[gt_classes == organ.class_index]
             if not case.annotated[organ.class_index] or not len(truth):
@@ -94,10 +89,8 @@ def main() -> None:
             _, component = best_component(replace(organ, box=query), labels, config.refinement)
             if component is None:
                 continue
-            truth_corners = voxel_corners(truth[0], shape)
-            query_error = (voxel_corners(query, shape) - truth_corners).abs()
-            component_error = (voxel_corners(component, shape) - truth_corners).abs()
-            refined_error = (voxel_corners(organ.box, shape) - truth_corners).abs()
+            corners = center_size_to_corners(torch.stack([query, component, organ.box, truth[0]]).float()) * scale
+            query_error, component_error, refined_error = (corners[:3] - corners[3]).abs()
             estimates = (query_error, component_error, refined_error, query_error.minimum(component_error))
             for name, error in zip(ESTIMATES, estimates, strict=True):
                 errors[config.class_names[organ.class_index]][name].append(error)
