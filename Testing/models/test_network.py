@@ -118,6 +118,27 @@ def test_every_parameter_gets_a_gradient(variant):
     assert not zero, f"no or all-zero gradient for {zero}"
 
 
+@pytest.mark.parametrize(
+    "trained", ["decoder", "presence_head", "seg_branch", "seg_heads", "backbone", "msa", "decoder.quality_head"]
+)
+def test_segmentation_trains_says_whether_segmentation_outputs_reach_a_trainable_weight(trained):
+    """What ``segmentation_trains`` claims (and the trainer relies on to skip the segmentation outputs) is what
+    autograd finds: a loss on those outputs alone gives a gradient to some trainable weight exactly when it says so."""
+    torch.manual_seed(0)
+    branch = SegmentationBranchConfig(enabled=True, output_stride=1)
+    config = dataclasses.replace(_small(), segmentation_branch=branch, quality_head=True, presence_head=True)
+    model = build_model(config).train()
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith(trained))
+    outputs = model(torch.randn(1, 1, 32, 32, 32))
+    segmentation = [*outputs["seg_logits"], outputs["seg_full_logits"]]
+    segmentation += [fine.logits for fine in outputs["seg_fine_logits"] if fine is not None]
+    reaches = any(tensor.requires_grad for tensor in segmentation)
+    assert (
+        model.segmentation_trains() == reaches == (trained not in ("decoder", "presence_head", "decoder.quality_head"))
+    )
+
+
 def test_no_msa_baseline_feeds_fpn_levels_to_decoder():
     config = dataclasses.replace(_small(), msa=MSAConfig(enabled=False))
     model = build_model(config).train()

@@ -136,6 +136,13 @@ class OrganDETR(nn.Module):
             outputs.update(self.seg_branch(features[0], stride2, images))
         return outputs
 
+    def segmentation_trains(self) -> bool:
+        """Whether a segmentation loss reaches a trainable parameter. The segmentation outputs come from the backbone,
+        the MSA (or the input projections), the heads and the branch, never from the decoder or the presence head, so
+        a run that trains only those (``--train-only decoder``) need not compute them: half its CPU step time."""
+        sources = (self.backbone, self.msa, self.input_proj, self.seg_heads, self.seg_branch)
+        return any(p.requires_grad for module in sources if module is not None for p in module.parameters())
+
     @staticmethod
     def _flatten(levels: list[Tensor]) -> Tensor:
         """Concatenate ``[B, C, d0, d1, d2]`` maps into a ``[B, S, C]`` token memory (row-major per level)."""

@@ -139,7 +139,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"add a second input channel, the soft-tissue HU window {SOFT_TISSUE_HU}; with --init-weights the "
         "first convolution's new input channel starts at zero",
     )
-    parser.add_argument("--no-augment", action="store_true", help="train without random augmentation")
+    parser.add_argument(
+        "--no-augment", action="store_true", help="train without random augmentation or field-of-view cuts"
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None, help="data loader worker processes per rank")
     parser.add_argument("--val-every", type=int, default=None, help="validate every N epochs (default 1)")

@@ -23,6 +23,7 @@ from .dataset import DetectionDataset, collate
 from .distributed import init_distributed
 from .errors import UserInputError
 from .evaluate import evaluate_cases
+from .field_of_view import WHOLE_SCAN
 from .fine_tuning import extended_model
 from .matcher import DenseQueryMatcher
 from .optimizer import build_optimizer
@@ -90,7 +91,7 @@ class Trainer:
             self.train_cases,
             self.config.preprocess.spatial_size,
             augment=train_config.augmentation if train_config.augment else None,
-            field_of_view=train_config.field_of_view if train_config.augment else None,
+            field_of_view=train_config.field_of_view if train_config.augment else WHOLE_SCAN,
             seed=train_config.seed,
             device=self.device if options.data_on_device else None,
         )
@@ -106,6 +107,7 @@ class Trainer:
             class_names=self.config.class_names,
         ).to(self.device)
         self.optimizer, self.scheduler = build_optimizer(self.model, train_config, self.total_steps)
+        self.segmentation_trains = self.model.segmentation_trains()
         self.amp_dtype = None
         if train_config.amp and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -182,7 +184,9 @@ class Trainer:
 
     def _step(self, images, targets) -> dict[str, float]:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            outputs = self.network(images.to(self.device, non_blocking=True))
+            outputs = self.network(
+                images.to(self.device, non_blocking=True), return_segmentation=self.segmentation_trains
+            )
             losses = self.criterion(outputs, self._to_device(targets))
         loss = losses["loss"]
         if not torch.isfinite(loss):
