@@ -79,6 +79,29 @@ def test_training_from_a_pack_needs_no_simpleitk(packed, tmp_path) -> None:
     assert not (tmp_path / "again.npz").exists()
 
 
+def test_evaluation_from_a_pack_matches_the_dataset_json(packed, tmp_path, capsys) -> None:
+    """``organdetr evaluate`` takes a pack as train does: the same cases, the same figures to within the 8-bit
+    quantisation of its images; a split the pack lacks is one line."""
+    data, model, pack = packed
+    figures = {}
+    for name, source in (("json", data), ("pack", pack)):
+        output = tmp_path / f"{name}.json"
+        assert main(["evaluate", "--model", str(model), "--data", str(source), "--split", "training", "--output",
+                     str(output), "--device", "cpu"]) == 0  # fmt: skip
+        figures[name] = json.loads(output.read_text(encoding="utf-8"))
+    assert figures["pack"]["data"] == str(pack.resolve()) and figures["pack"]["num_images"] == 2
+    assert [case["case"] for case in figures["pack"]["per_case"]] == [
+        case["case"] for case in figures["json"]["per_case"]
+    ]
+    assert figures["pack"]["mAR"] == pytest.approx(figures["json"]["mAR"], abs=0.05)
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model), "--data", str(pack), "--split", "test", "--output",
+                 str(tmp_path / "test.json"), "--device", "cpu"]) == 2  # fmt: skip
+    error = capsys.readouterr().err
+    assert "holds no test split (it holds ['training', 'validation'])" in error and error.count("\n") == 1
+    assert not (tmp_path / "test.json").exists()
+
+
 def test_a_run_with_other_preprocessing_is_refused(packed, tmp_path, capsys) -> None:
     _, model, pack = packed
     code = main(["train", "--data", str(pack), "--config", str(model / "config.json"), "--output",

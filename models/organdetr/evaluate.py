@@ -31,8 +31,10 @@ QUICKLOOK_COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purp
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="trained model folder or name (default: the shipped model)")
-    parser.add_argument("--data", required=True, type=Path, help="MSD-style dataset.json")
-    parser.add_argument("--split", default="validation", help="split of dataset.json to evaluate (default validation)")
+    parser.add_argument(
+        "--data", required=True, type=Path, help="MSD-style dataset.json, or a training pack (organdetr pack)"
+    )
+    parser.add_argument("--split", default="validation", help="split to evaluate (default validation)")
     parser.add_argument("--output", required=True, type=Path, help="metrics JSON file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -198,17 +200,16 @@ def format_table(metrics) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
-    from .dataset import CaseCache, load_dataset_json
     from .inference import select_device
+    from .training_pack import load_split
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     check_writable(args.output, args.overwrite)
     device = select_device(args.device)
     loaded = load_checkpoint(args.model, device)
-    description = load_dataset_json(args.data, (args.split,))
+    description = load_split(args.data, args.split)
     description.check_class_names(loaded.config.class_names)
-    cache = CaseCache(loaded.config.class_names, loaded.config.preprocess, args.cache_dir)
-    cases = [cache.get(record) for record in description.splits[args.split]]
+    cases = description.preprocessed_cases(args.split, loaded.config.preprocess, args.cache_dir)
     metrics = evaluate_cases(loaded.model, cases, loaded.config, device, progress=True, quicklook_dir=args.quicklook)
     result = {
         **metrics.to_dict(),

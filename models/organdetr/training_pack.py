@@ -123,11 +123,20 @@ def load_training_data(path: str | Path):
     validation split where it lists one (:class:`~organdetr.dataset.DatasetDescription`)."""
 
     if is_training_pack(path):
-        pack = read_training_pack(path)
-        if "training" not in pack.splits:
-            raise UserInputError(f"{pack.path} holds no training split (it holds {list(pack.splits)})")
-        return pack
+        return _pack_holding(path, "training")
     return load_dataset_json(path, ["training"] + (["validation"] if "validation" in available_splits(path) else []))
+
+
+def load_split(path: str | Path, split: str):
+    """What ``organdetr evaluate --data`` names: a pack or a ``dataset.json``, holding ``split``."""
+    return _pack_holding(path, split) if is_training_pack(path) else load_dataset_json(path, (split,))
+
+
+def _pack_holding(path: str | Path, split: str) -> TrainingPack:
+    pack = read_training_pack(path)
+    if split not in pack.splits:
+        raise UserInputError(f"{pack.path} holds no {split} split (it holds {list(pack.splits)})")
+    return pack
 
 
 def _open(path: Path):
