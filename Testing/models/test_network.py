@@ -121,22 +121,30 @@ def test_every_parameter_gets_a_gradient(variant):
 @pytest.mark.parametrize(
     "trained", ["decoder", "presence_head", "seg_branch", "seg_heads", "backbone", "msa", "decoder.quality_head"]
 )
-def test_segmentation_trains_says_whether_segmentation_outputs_reach_a_trainable_weight(trained):
-    """What ``segmentation_trains`` claims (and the trainer relies on to skip the segmentation outputs) is what
-    autograd finds: a loss on those outputs alone gives a gradient to some trainable weight exactly when it says so."""
+def test_branch_trains_says_whether_the_branch_outputs_reach_a_trainable_weight(trained):
+    """What ``branch_trains`` claims (and the trainer relies on to leave the branch out) is what autograd finds: a
+    loss on the branch's outputs alone gives a gradient to some trainable weight exactly when it says so; without
+    the branch the other outputs are the same."""
     torch.manual_seed(0)
     branch = SegmentationBranchConfig(enabled=True, output_stride=1)
     config = dataclasses.replace(_small(), segmentation_branch=branch, quality_head=True, presence_head=True)
     model = build_model(config).train()
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith(trained))
-    outputs = model(torch.randn(1, 1, 32, 32, 32))
-    segmentation = [*outputs["seg_logits"], outputs["seg_full_logits"]]
-    segmentation += [fine.logits for fine in outputs["seg_fine_logits"] if fine is not None]
-    reaches = any(tensor.requires_grad for tensor in segmentation)
-    assert (
-        model.segmentation_trains() == reaches == (trained not in ("decoder", "presence_head", "decoder.quality_head"))
-    )
+    images = torch.randn(1, 1, 32, 32, 32)
+    outputs = model(images)
+    branch_outputs = [outputs["seg_full_logits"]] + [
+        fine.logits for fine in outputs["seg_fine_logits"] if fine is not None
+    ]
+    reaches = any(tensor.requires_grad for tensor in branch_outputs)
+    assert model.branch_trains() == reaches == (trained in ("seg_branch", "backbone"))
+    model.eval()  # no dropout: the two calls must agree
+    with torch.no_grad():
+        whole, without = model(images, return_segmentation=True), model(images, return_segmentation=True, branch=False)
+    assert "seg_full_logits" not in without and "seg_fine_logits" not in without
+    assert set(without) == set(whole) - {"seg_full_logits", "seg_fine_logits"}
+    assert torch.equal(without["pred_boxes"], whole["pred_boxes"])
+    assert all(torch.equal(a, b) for a, b in zip(without["seg_logits"], whole["seg_logits"], strict=True))
 
 
 def test_no_msa_baseline_feeds_fpn_levels_to_decoder():

@@ -11,10 +11,10 @@
   the ``presence_levels`` coarsest encoder levels pooled over space (mean and max);
 * ``seg_logits`` (training, or ``return_segmentation=True``, when the config has segmentation heads): one
   ``[B, K+1, d0, d1, d2]`` map per MSA output level, finest first (channel = label value, 0 = background);
-* ``seg_full_logits`` (same condition, with ``ModelConfig.segmentation_branch.enabled``): ``[B, K+1, D0/2, D1/2,
-  D2/2]`` at stride 2 from :class:`SegmentationBranch`; with its ``output_stride`` 1 also ``seg_fine_logits``: per
-  sample a :class:`~organdetr.segmentation_branch.FineLogits` (input-grid logits in the region where the stride-2
-  logits see an organ) or ``None``.
+* ``seg_full_logits`` (same condition, with ``ModelConfig.segmentation_branch.enabled``, unless ``branch=False``):
+  ``[B, K+1, D0/2, D1/2, D2/2]`` at stride 2 from :class:`SegmentationBranch`; with its ``output_stride`` 1 also
+  ``seg_fine_logits``: per sample a :class:`~organdetr.segmentation_branch.FineLogits` (input-grid logits in the
+  region where the stride-2 logits see an organ) or ``None``.
 
 With ``ModelConfig.msa.enabled = False`` the FPN levels go straight (1x1x1-projected to ``d_model`` when needed)
 to the decoder and the segmentation heads: the no-MSA baseline.
@@ -107,8 +107,9 @@ class OrganDETR(nn.Module):
                 "(backbone downsampling x MSA patch size)"
             )
 
-    def forward(self, images: Tensor, return_segmentation: bool | None = None) -> dict:
-        """``images`` ``[B, 1, D0, D1, D2]`` -> prediction dict (see module docstring)."""
+    def forward(self, images: Tensor, return_segmentation: bool | None = None, branch: bool = True) -> dict:
+        """``images`` ``[B, 1, D0, D1, D2]`` -> prediction dict (see module docstring); ``branch=False`` leaves the
+        segmentation branch's outputs out of it (a training run that cannot train the branch, :meth:`branch_trains`)."""
         if images.dim() != 5:
             raise ValueError(f"expected images [B, C, D0, D1, D2], got shape {tuple(images.shape)}")
         self.check_input_size(tuple(images.shape[2:]))
@@ -132,15 +133,15 @@ class OrganDETR(nn.Module):
         want_segmentation = self.training if return_segmentation is None else return_segmentation
         if want_segmentation and self.seg_heads is not None:
             outputs["seg_logits"] = [head(level) for head, level in zip(self.seg_heads, levels, strict=True)]
-        if want_segmentation and self.seg_branch is not None:
+        if want_segmentation and branch and self.seg_branch is not None:
             outputs.update(self.seg_branch(features[0], stride2, images))
         return outputs
 
-    def segmentation_trains(self) -> bool:
-        """Whether a segmentation loss reaches a trainable parameter. The segmentation outputs come from the backbone,
-        the MSA (or the input projections), the heads and the branch, never from the decoder or the presence head, so
-        a run that trains only those (``--train-only decoder``) need not compute them: half its CPU step time."""
-        sources = (self.backbone, self.msa, self.input_proj, self.seg_heads, self.seg_branch)
+    def branch_trains(self) -> bool:
+        """Whether the segmentation branch's loss reaches a trainable parameter. Its outputs come from the backbone
+        and the branch alone, so a run that trains neither (``--train-only decoder``, or ``msa decoder``) need not
+        compute them: about half its CPU step time."""
+        sources = (self.backbone, self.seg_branch)
         return any(p.requires_grad for module in sources if module is not None for p in module.parameters())
 
     @staticmethod

@@ -107,7 +107,7 @@ class Trainer:
             class_names=self.config.class_names,
         ).to(self.device)
         self.optimizer, self.scheduler = build_optimizer(self.model, train_config, self.total_steps)
-        self.segmentation_trains = self.model.segmentation_trains()
+        self.branch_trains = self.model.branch_trains()
         self.amp_dtype = None
         if train_config.amp and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -184,9 +184,7 @@ class Trainer:
 
     def _step(self, images, targets) -> dict[str, float]:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            outputs = self.network(
-                images.to(self.device, non_blocking=True), return_segmentation=self.segmentation_trains
-            )
+            outputs = self.network(images.to(self.device, non_blocking=True), branch=self.branch_trains)
             losses = self.criterion(outputs, self._to_device(targets))
         loss = losses["loss"]
         if not torch.isfinite(loss):
