@@ -29,7 +29,7 @@ from .atomic_file import atomic_path
 from .box_ops import boxes_from_label_map
 from .config import AugmentConfig, FieldOfViewConfig, PreprocessConfig
 from .errors import UserInputError
-from .field_of_view import sample_training_window
+from .field_of_view import WHOLE_SCAN, sample_training_window
 from .preprocess import (
     PreprocessedVolume,
     network_to_physical_matrix,
@@ -377,9 +377,9 @@ def _on_device(case: PreprocessedCase, device: torch.device) -> PreprocessedCase
 class DetectionDataset(torch.utils.data.Dataset):
     """Cached, preprocessed cases -> ``(image [1, *window] float32, target dict, case name)``.
 
-    With ``field_of_view`` each sample is a random field of view of its case in one network window
-    (:mod:`organdetr.field_of_view`), then augmented; without it the case is used whole (its grid must then be the
-    window, as in the legacy fixed-shape contract). Randomness is a pure function of ``(seed, epoch, index)``, so a
+    Each sample is a random field of view of its case in one network window (:mod:`organdetr.field_of_view`), then
+    augmented; without ``field_of_view`` the case is used whole (``WHOLE_SCAN``: no simulated cut, at a random
+    position under a window smaller than it). Randomness is a pure function of ``(seed, epoch, index)``, so a
     resumed run sees exactly the samples an uninterrupted run would, whatever the number of loader workers. The epoch
     is the one of :meth:`set_epoch`, or comes with the key: ``dataset[(epoch, index)]``
     (:class:`~organdetr.sampling.EpochOrder`, for workers that outlive an epoch).
@@ -401,7 +401,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     ):
         self.cases = [_on_device(case, device) for case in cases] if device is not None else list(cases)
         self.window = tuple(int(n) for n in window)
-        self.field_of_view = field_of_view
+        self.field_of_view = field_of_view if field_of_view is not None else WHOLE_SCAN
         self.seed = seed
         self.epoch = 0
         self.transform = build_augmentation(augment, self.window, device) if augment is not None else None
@@ -417,13 +417,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         case = self.cases[index]
         sample_seed = (self.seed * 1_000_003 + epoch * 10_007 + index) % 2**32
         image, label_map, annotated = case.image.float(), case.label_map, case.annotated
-        if self.field_of_view is not None:
-            cut = sample_training_window(
-                image, label_map, annotated, self.window, self.field_of_view, np.random.default_rng(sample_seed)
-            )
-            image, label_map, annotated = cut.image, cut.label_map, cut.annotated
-        elif tuple(image.shape[1:]) != self.window:
-            raise ValueError(f"{case.name}: grid {tuple(image.shape[1:])} is not the window {self.window}")
+        cut = sample_training_window(
+            image, label_map, annotated, self.window, self.field_of_view, np.random.default_rng(sample_seed)
+        )
+        image, label_map, annotated = cut.image, cut.label_map, cut.annotated
         if self.transform is not None:
             self.transform.set_random_state(seed=sample_seed)
             sample = self.transform({"image": image, "label": label_map[None].float()})

@@ -27,7 +27,8 @@ from .config import FieldOfViewConfig
 from .windows import Window
 
 HEAD_FOOT_AXIS = 2
-# No simulated cut (``--no-augment``): the whole case, at a random position under a window smaller than it.
+# No simulated cut (a DetectionDataset without field-of-view cuts, e.g. --no-augment): the whole case, at a random
+# position under a window smaller than it.
 WHOLE_SCAN = FieldOfViewConfig(cut_probability=0.0, inplane_cut_probability=0.0, empty_probability=0.0)
 # The shortest slab or in-plane extent a cut keeps, in voxels (a scan thinner than this is not a volume).
 MIN_EXTENT_VOXELS = 8

@@ -23,7 +23,6 @@ from .dataset import DetectionDataset, collate
 from .distributed import init_distributed
 from .errors import UserInputError
 from .evaluate import evaluate_cases
-from .field_of_view import WHOLE_SCAN
 from .fine_tuning import extended_model
 from .matcher import DenseQueryMatcher
 from .optimizer import build_optimizer
@@ -91,7 +90,7 @@ class Trainer:
             self.train_cases,
             self.config.preprocess.spatial_size,
             augment=train_config.augmentation if train_config.augment else None,
-            field_of_view=train_config.field_of_view if train_config.augment else WHOLE_SCAN,
+            field_of_view=train_config.field_of_view if train_config.augment else None,
             seed=train_config.seed,
             device=self.device if options.data_on_device else None,
         )
