@@ -16,6 +16,7 @@ from .config import (
     NEW_RUN_WINDOW_FIT_ZOOM,
     DetectorConfig,
     PreprocessConfig,
+    SegmentationBranchConfig,
     preset_config,
 )
 from .errors import UserInputError
@@ -48,6 +49,7 @@ class ConfigChoices:
     no_msa: bool = False
     segmentation_branch: bool = False
     segmentation_stride: int | None = None
+    fine_channels: int | None = None
     quality_head: bool = False
     presence_head: bool = False
     presence_levels: int | None = None
@@ -131,6 +133,8 @@ def new_run_config(
         if choices.segmentation_stride is not None:
             branch = replace(branch, output_stride=choices.segmentation_stride)
         model = replace(model, segmentation_branch=branch)
+    if choices.fine_channels is not None:
+        model = replace(model, segmentation_branch=_wider_fine_stage(model.segmentation_branch, choices.fine_channels))
     if choices.quality_head:
         model = replace(model, quality_head=True)
     if choices.presence_head or choices.presence_levels is not None:
@@ -150,6 +154,17 @@ def new_run_config(
         preprocess=preprocess,
         training_data=description.summary() | initialised_from(initial),
     )
+
+
+def _wider_fine_stage(branch: SegmentationBranchConfig, channels: int) -> SegmentationBranchConfig:
+    """``--fine-channels``: the fine stage with ``channels`` channels; it may only grow, so that a run from a trained
+    model starts out computing what that model did (:mod:`organdetr.fine_tuning`)."""
+    if not branch.enabled or branch.output_stride != 1:
+        raise UserInputError("--fine-channels needs the segmentation branch's fine stage (--segmentation-stride 1)")
+    half, full = branch.channels
+    if channels < full:
+        raise UserInputError(f"--fine-channels may only widen the fine stage: it has {full}, got {channels}")
+    return replace(branch, channels=(half, channels))
 
 
 def resumed_config(last: Path, workers: int | None) -> DetectorConfig:

@@ -88,6 +88,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--segmentation-branch",
     )
     parser.add_argument(
+        "--fine-channels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="widen the segmentation branch's fine stage to N channels; with --init-weights the new channels start "
+        "with zero weight in the output, so the run starts from the given model's segmentation",
+    )
+    parser.add_argument(
         "--quality-head", action="store_true", help="add the IoU-quality head (scores rank boxes by predicted IoU)"
     )
     parser.add_argument(
