@@ -71,12 +71,17 @@ def test_only_the_fine_stage_may_grow(trained, grown) -> None:
         extended_model(trained, config)
 
 
-def test_fine_channels_choice_widens_and_only_widens(tmp_path, data_dir, tiny_config, trained) -> None:
+def test_fine_channels_choice_widens_a_trained_stage_and_sizes_a_new_one(tmp_path, data_dir, tiny_config, trained):
     description = load_dataset_json(write_dataset_json(tmp_path, data_dir))
     initial = LoadedDetector(trained, replace(tiny_config, model=trained.config), "0" * 64, tmp_path)
     config = new_run_config(ConfigChoices(fine_channels=12), "run", description, initial)
     assert config.model.segmentation_branch.channels == (16, 12)
-    with pytest.raises(UserInputError, match="may only widen the fine stage: it has 8, got 4"):
+    with pytest.raises(UserInputError, match="may only widen a trained fine stage: it has 8, got 4"):
         new_run_config(ConfigChoices(fine_channels=4), "run", description, initial)
+    # A fine stage that the run adds (or a new network) has no trained channels to keep: any size.
+    new = new_run_config(ConfigChoices(segmentation_stride=1, fine_channels=4), "run", description)
+    assert new.model.segmentation_branch.channels[1] == 4
+    with pytest.raises(UserInputError, match="at least 1"):
+        new_run_config(ConfigChoices(segmentation_stride=1, fine_channels=0), "run", description)
     with pytest.raises(UserInputError, match="needs the segmentation branch's fine stage"):
         new_run_config(ConfigChoices(fine_channels=12), "run", description)

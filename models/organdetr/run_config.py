@@ -134,7 +134,9 @@ def new_run_config(
             branch = replace(branch, output_stride=choices.segmentation_stride)
         model = replace(model, segmentation_branch=branch)
     if choices.fine_channels is not None:
-        model = replace(model, segmentation_branch=_wider_fine_stage(model.segmentation_branch, choices.fine_channels))
+        trained = initial is not None and _has_fine_stage(initial.config.model.segmentation_branch)
+        branch = _fine_stage_channels(model.segmentation_branch, choices.fine_channels, trained)
+        model = replace(model, segmentation_branch=branch)
     if choices.quality_head:
         model = replace(model, quality_head=True)
     if choices.presence_head or choices.presence_levels is not None:
@@ -156,14 +158,20 @@ def new_run_config(
     )
 
 
-def _wider_fine_stage(branch: SegmentationBranchConfig, channels: int) -> SegmentationBranchConfig:
-    """``--fine-channels``: the fine stage with ``channels`` channels; it may only grow, so that a run from a trained
-    model starts out computing what that model did (:mod:`organdetr.fine_tuning`)."""
-    if not branch.enabled or branch.output_stride != 1:
+def _has_fine_stage(branch: SegmentationBranchConfig) -> bool:
+    return branch.enabled and branch.output_stride == 1
+
+
+def _fine_stage_channels(branch: SegmentationBranchConfig, channels: int, trained: bool) -> SegmentationBranchConfig:
+    """``--fine-channels``: the fine stage with ``channels`` channels. A ``trained`` one may only grow, so that the run
+    starts out computing what the given model did (:mod:`organdetr.fine_tuning`)."""
+    if not _has_fine_stage(branch):
         raise UserInputError("--fine-channels needs the segmentation branch's fine stage (--segmentation-stride 1)")
     half, full = branch.channels
-    if channels < full:
-        raise UserInputError(f"--fine-channels may only widen the fine stage: it has {full}, got {channels}")
+    if channels < 1:
+        raise UserInputError("--fine-channels must be at least 1")
+    if trained and channels < full:
+        raise UserInputError(f"--fine-channels may only widen a trained fine stage: it has {full}, got {channels}")
     return replace(branch, channels=(half, channels))
 
 

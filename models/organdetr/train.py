@@ -92,8 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="widen the segmentation branch's fine stage to N channels; with --init-weights the new channels start "
-        "with zero weight in the output, so the run starts from the given model's segmentation",
+        help="channels of the segmentation branch's fine stage (8 in the presets); a trained fine stage (from "
+        "--init-weights) may only grow: its new channels start with zero weight in the output, so the run starts from "
+        "the given model's segmentation",
     )
     parser.add_argument(
         "--quality-head", action="store_true", help="add the IoU-quality head (scores rank boxes by predicted IoU)"
