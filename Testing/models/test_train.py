@@ -27,6 +27,7 @@ from organdetr.optimizer import FINAL_LR_FRACTION, lr_factor
 from organdetr.run_config import ConfigChoices, new_run_config
 from organdetr.run_options import RunOptions
 from organdetr.train import add_arguments
+from organdetr.weight_averaging import averaged_model
 from organdetr_backend.cli import main
 from safetensors.torch import load_file
 
@@ -167,6 +168,48 @@ def test_resume_continues_exactly(setup, tmp_path, workers) -> None:
     assert [row["step"] for row in history(tmp_path / "split")] == [1, 2, 3]
 
 
+def test_ema_keeps_the_average_as_best_and_resumes_it_exactly(setup, tmp_path) -> None:
+    """With --ema-decay, best/ holds the running average of the weights (not the trained ones in last/), the trained
+    weights are validated beside it (val_raw_*), and an interrupted run resumes the average exactly."""
+    common = ("--epochs", "2", "--batch-size", "1", "--lr", "1e-3", "--warmup-steps", "1", "--val-every", "1",
+              "--no-augment", "--ema-decay", "0.5")  # fmt: skip
+    assert train(setup, tmp_path / "straight", *common) == 0
+    assert train(setup, tmp_path / "split", *common, "--max-steps", "3") == 0
+    assert train(setup, tmp_path / "split", "--resume") == 0
+    for run in ("straight", "split"):
+        rows = history(tmp_path / run)
+        assert all("val_raw_mAP" in row and "val_mAP" in row for row in rows if row["complete"])
+        state = torch.load(tmp_path / run / "last" / "training_state.pt", weights_only=True)
+        averaged = {k.removeprefix("module."): v for k, v in state["averaged_model"].items() if k != "n_averaged"}
+        trained = load_file(tmp_path / run / "last" / "model.safetensors")
+        # The last validation was the best or not; either way best/ never holds the trained weights.
+        best = load_file(tmp_path / run / "best" / "model.safetensors")
+        moved = [name for name in trained if not torch.equal(trained[name], averaged[name])]
+        assert moved, "the average should lag behind the trained weights"
+        assert any(not torch.equal(best[name], trained[name]) for name in moved)
+        assert int(state["averaged_model"]["n_averaged"]) == 4  # one update per step
+    straight = torch.load(tmp_path / "straight" / "last" / "training_state.pt", weights_only=True)["averaged_model"]
+    split = torch.load(tmp_path / "split" / "last" / "training_state.pt", weights_only=True)["averaged_model"]
+    for name in straight:
+        torch.testing.assert_close(split[name], straight[name], rtol=1e-5, atol=1e-6)
+
+
+def test_ema_average_is_the_lerp_of_the_weights_and_keeps_frozen_weights_exactly() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)  # frozen, as --train-only leaves it
+    frozen = model[0].weight.clone()
+    average = averaged_model(model, 0.9)
+    start = model[1].weight.detach().clone()
+    with torch.no_grad():
+        model[1].weight.add_(1.0)
+    average.update_parameters(model)  # the first update copies the weights as they are
+    with torch.no_grad():
+        model[1].weight.add_(1.0)
+    average.update_parameters(model)
+    torch.testing.assert_close(average.module[1].weight, 0.9 * (start + 1.0) + 0.1 * (start + 2.0))
+    assert torch.equal(average.module[0].weight, frozen)
+
+
 def test_finished_runs_and_warm_up_longer_than_the_run_are_reported(setup, tmp_path, capsys) -> None:
     run = tmp_path / "short"
     assert train(setup, run, "--epochs", "1", "--batch-size", "2", "--warmup-steps", "5", "--no-augment") == 0
@@ -212,6 +255,9 @@ def test_bad_options_are_one_line_errors(setup, tmp_path, capsys) -> None:
     assert "--select-by Dice needs a segmentation branch" in capsys.readouterr().err
     assert train(setup, tmp_path / "d", "--lr-backbone", "0") == 2
     assert "--lr-backbone must be positive" in capsys.readouterr().err
+    for decay in ("1", "-0.5"):
+        assert train(setup, tmp_path / "f", "--ema-decay", decay) == 2
+        assert "--ema-decay must be in [0, 1)" in capsys.readouterr().err
     for item in ("Liver=3", "Esophagus=0", "Esophagus", "Esophagus=x"):
         assert train(setup, tmp_path / "e", "--seg-class-weight", item) == 2
         assert f"--seg-class-weight {item!r}: expected ORGAN=WEIGHT" in capsys.readouterr().err

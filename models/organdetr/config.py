@@ -294,6 +294,9 @@ class TrainConfig:
     # The validation figure that picks best/: the query boxes' mAP, or the segmentation branch's mean Dice over the
     # organs (for runs that train only the branch, whose query boxes do not change).
     select_by: Literal["mAP", "Dice"] = "mAP"
+    # > 0: validate and keep as best/ the exponential moving average of the weights (organdetr.weight_averaging)
+    # with this decay per step; 0 = the weights as trained.
+    ema_decay: float = 0.0
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
     field_of_view: FieldOfViewConfig = field(default_factory=FieldOfViewConfig)
 

@@ -55,6 +55,7 @@ class ConfigChoices:
     presence_levels: int | None = None
     train_only: Sequence[str] | None = None
     select_by: str | None = None
+    ema_decay: float | None = None
     oversample_rare_organs: float | None = None
     seg_class_weight: Sequence[str] | None = None  # ORGAN=WEIGHT items
     soft_tissue_channel: bool = False
@@ -93,6 +94,7 @@ def new_run_config(
         "oversample_rare_organs": choices.oversample_rare_organs,
         "train_only": tuple(choices.train_only or ()),  # a choice of this run, never inherited from --init-weights
         "select_by": choices.select_by or "mAP",  # likewise
+        "ema_decay": choices.ema_decay or 0.0,  # likewise
     }
     train = replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
     if choices.no_augment:
@@ -102,6 +104,8 @@ def new_run_config(
             raise UserInputError(f"--{field_name.replace('_', '-')} must be at least 1")
     if train.lr <= 0 or train.lr_backbone <= 0:
         raise UserInputError("--lr and --lr-backbone must be positive")
+    if not 0.0 <= train.ema_decay < 1.0:
+        raise UserInputError("--ema-decay must be in [0, 1)")
     if not 0.0 <= train.oversample_rare_organs <= 2.0:
         raise UserInputError("--oversample-rare-organs must be between 0 and 2")
     loss = config.loss

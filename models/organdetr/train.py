@@ -127,6 +127,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Dice over the organs (for runs that train only the branch)",
     )
     parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="validate, and keep as best/, the exponential moving average of the weights, moved by 1 - DECAY per "
+        "step (e.g. 0.998: about the last 500 steps); last/ keeps the weights as trained, the average beside them "
+        "for --resume; the validation of the trained weights is logged as val_raw_*",
+    )
+    parser.add_argument(
         "--oversample-rare-organs",
         type=float,
         default=None,

@@ -33,6 +33,7 @@ from .run_options import RunOptions
 from .sampling import EpochOrder, RareOrganSampler, rare_organ_weights
 from .training_log import VALIDATION_KEYS, TrainingLog
 from .training_pack import load_training_data
+from .weight_averaging import averaged_model
 
 
 @dataclass
@@ -111,6 +112,8 @@ class Trainer:
         if train_config.amp and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        # The weights validated and kept as best/: their running average with --ema-decay, else the model itself.
+        self.averaged = averaged_model(self.model, train_config.ema_decay) if train_config.ema_decay > 0 else None
         self.state = TrainingState()
         if options.resume:
             self._load_state()
@@ -157,6 +160,8 @@ class Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
+        if self.averaged is not None:
+            self.averaged.load_state_dict(saved["averaged_model"])
         self.state = TrainingState(**json.loads(saved["progress"]))
         torch.set_rng_state(saved["rng_cpu"][self.dist.rank % len(saved["rng_cpu"])])
         if self.device.type == "cuda" and saved.get("rng_cuda"):
@@ -172,6 +177,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            **({"averaged_model": self.averaged.state_dict()} if self.averaged is not None else {}),
             "progress": json.dumps(self.state.__dict__),
             "rng_cpu": [state[0] for state in states],
             "rng_cuda": [state[1] for state in states] if cuda else [],
@@ -195,6 +201,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.model)
         # Auxiliary decoder-layer terms are in "loss"; log the final layer's terms only.
         return {k: float(v.detach()) for k, v in losses.items() if v.dim() == 0 and "_aux" not in k}
 
@@ -214,14 +222,19 @@ class Trainer:
         steps = max(1, self.state.step_in_epoch) * self.dist.world_size
         return {k: float(v) / steps for k, v in zip(keys, sums, strict=True)}
 
-    def validate(self) -> dict[str, Any] | None:
-        """Validation metrics on rank 0 (``None`` without a validation split); other ranks wait. They score the
-        network's own (query) boxes: the box refinement's calibration belongs to the network it was fitted to, and is
-        fitted anew after training (``benchmarks/refinement_calibration.py``)."""
+    @property
+    def kept_model(self) -> torch.nn.Module:
+        """The weights that are validated and kept as best/: the running average with --ema-decay."""
+        return self.model if self.averaged is None else self.averaged.module
+
+    def validate(self, model: torch.nn.Module) -> dict[str, Any] | None:
+        """Validation metrics of ``model`` on rank 0 (``None`` without a validation split); other ranks wait. They
+        score the network's own (query) boxes: the box refinement's calibration belongs to the network it was fitted
+        to, and is fitted anew after training (``benchmarks/refinement_calibration.py``)."""
         result = None
         if self.dist.is_main and self.val_cases:
             query_boxes = replace(self.config, refinement=replace(self.config.refinement, enabled=False))
-            metrics = evaluate_cases(self.model, self.val_cases, query_boxes, self.device)
+            metrics = evaluate_cases(model, self.val_cases, query_boxes, self.device)
             result = metrics.to_dict()
             dice = [value for value in (metrics.segmentation_dice or {}).values() if value is not None]
             result["Dice"] = sum(dice) / len(dice) if dice else None
@@ -318,9 +331,12 @@ class Trainer:
         row.update({f"train_{k}": v for k, v in losses.items()})
         last_epoch = epoch + 1 == train_config.epochs
         validate = stopping or last_epoch or (complete and (epoch + 1) % train_config.val_every == 0)
-        metrics = self.validate() if validate else None
+        metrics = self.validate(self.kept_model) if validate else None
         if metrics is not None:
             row.update({f"val_{k}": metrics[k] for k in VALIDATION_KEYS if metrics.get(k) is not None})
+        raw = self.validate(self.model) if validate and self.averaged is not None else None
+        if raw is not None:  # the weights as trained, too: the average's gain at the same step of the same run
+            row.update({f"val_raw_{k}": raw[k] for k in VALIDATION_KEYS if raw.get(k) is not None})
         self.state.elapsed_s += seconds
         if complete:
             self.state.epoch += 1
@@ -335,7 +351,7 @@ class Trainer:
             return
         self.folder.save("last", self.model, self.config, metrics, training_state)
         if improved:
-            self.folder.save("best", self.model, self.config, metrics)
+            self.folder.save("best", self.kept_model, self.config, metrics)
         self.log.append(row)
         shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "lr")
         print(f"epoch {epoch + 1} step {self.state.global_step} lr {row['lr']:.2e}: {shown}", file=sys.stderr)
