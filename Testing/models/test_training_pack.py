@@ -16,6 +16,7 @@ from organdetr.config import DetectorConfig
 from organdetr.dataset import load_dataset_json
 from organdetr.errors import UserInputError
 from organdetr.organ_detr import build_model
+from organdetr.run_config import SOFT_TISSUE_HU
 from organdetr.training_pack import IMAGE_LEVELS, read_training_pack
 from organdetr_backend.cli import main
 
@@ -77,6 +78,24 @@ def test_training_from_a_pack_needs_no_simpleitk(packed, tmp_path) -> None:
                             capture_output=True, encoding="utf-8", errors="replace", timeout=300)  # fmt: skip
     assert failed.returncode != 0 and "SimpleITK" in failed.stderr
     assert not (tmp_path / "again.npz").exists()
+
+
+def test_a_soft_tissue_pack_trains_a_soft_tissue_run(packed, tmp_path, capsys) -> None:
+    """``organdetr pack --soft-tissue-channel`` holds the preprocessing that ``train --soft-tissue-channel`` makes of
+    the model's; the plain pack is refused by such a run with a hint to it."""
+    data, model, plain = packed
+    soft = tmp_path / "soft.npz"
+    assert (
+        main(["pack", "--data", str(data), "--output", str(soft), "--model", str(model), "--soft-tissue-channel"]) == 0
+    )
+    assert read_training_pack(soft).preprocess.extra_hu_windows == (SOFT_TISSUE_HU,)
+    run = ["train", "--init-weights", str(model), "--soft-tissue-channel", "--device", "cpu", "--epochs", "1",
+           "--batch-size", "2", "--val-every", "5", "--threads", "1"]  # fmt: skip
+    assert main([*run, "--data", str(plain), "--output", str(tmp_path / "refused")]) == 2
+    assert "--soft-tissue-channel" in capsys.readouterr().err
+    assert main([*run, "--data", str(soft), "--output", str(tmp_path / "run")]) == 0
+    saved = DetectorConfig.from_json_file(tmp_path / "run" / "last" / "config.json")
+    assert saved.model.backbone.in_channels == 2
 
 
 def test_evaluation_from_a_pack_matches_the_dataset_json(packed, tmp_path, capsys) -> None:

@@ -29,6 +29,14 @@ if TYPE_CHECKING:
 SOFT_TISSUE_HU = (-160.0, 240.0)
 
 
+def with_soft_tissue_window(preprocess: PreprocessConfig) -> PreprocessConfig:
+    """``preprocess`` with the soft-tissue HU window as one more input channel (``--soft-tissue-channel``), unchanged
+    when it has that channel already."""
+    if SOFT_TISSUE_HU in preprocess.extra_hu_windows:
+        return preprocess
+    return replace(preprocess, extra_hu_windows=(*preprocess.extra_hu_windows, SOFT_TISSUE_HU))
+
+
 @dataclass
 class ConfigChoices:
     """What the command line says about a new run's config (``None`` / ``False``: keep the starting config's).
@@ -146,7 +154,7 @@ def new_run_config(
     if choices.presence_head or choices.presence_levels is not None:
         model = replace(model, presence_head=True, presence_levels=choices.presence_levels or model.presence_levels)
     if choices.soft_tissue_channel and SOFT_TISSUE_HU not in preprocess.extra_hu_windows:
-        preprocess = replace(preprocess, extra_hu_windows=(*preprocess.extra_hu_windows, SOFT_TISSUE_HU))
+        preprocess = with_soft_tissue_window(preprocess)
         model = replace(model, backbone=replace(model.backbone, in_channels=model.backbone.in_channels + 1))
     if train.select_by == "Dice" and not model.segmentation_branch.enabled:
         raise UserInputError("--select-by Dice needs a segmentation branch (--segmentation-branch)")

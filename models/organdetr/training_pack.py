@@ -87,7 +87,8 @@ class TrainingPack(DescribedData):
             ]
             raise UserInputError(
                 f"{self.path} was preprocessed differently from this run: {'; '.join(differences)}; "
-                "make a pack with this run's model (organdetr pack --model)"
+                "make a pack with this run's model (organdetr pack --model, and --soft-tissue-channel for a run that "
+                "adds that channel)"
             )
         with _open(self.path) as arrays:
             try:
@@ -234,6 +235,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the model folder whose preprocessing the pack holds (default: the shipped model's); a run trains from "
         "the pack only with that preprocessing",
     )
+    parser.add_argument(
+        "--soft-tissue-channel",
+        action="store_true",
+        help="add the soft-tissue HU window to the model's preprocessing, as `organdetr train --soft-tissue-channel` "
+        "does: the pack for such runs",
+    )
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse (and fill) this preprocessing cache")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
@@ -244,7 +251,12 @@ def run(args: argparse.Namespace) -> int:
     if not is_training_pack(args.output):
         raise UserInputError(f"--output {args.output}: a training pack is a {PACK_SUFFIX} file")
     check_writable(args.output, args.overwrite)
-    pack = write_training_pack(args.output, args.data, load_checkpoint(args.model).config.preprocess, args.cache_dir)
+    from .run_config import with_soft_tissue_window
+
+    preprocess = load_checkpoint(args.model).config.preprocess
+    if args.soft_tissue_channel:
+        preprocess = with_soft_tissue_window(preprocess)
+    pack = write_training_pack(args.output, args.data, preprocess, args.cache_dir)
     size_mb = pack.path.stat().st_size / 2**20
     counts = ", ".join(f"{len(names)} {split}" for split, names in pack.splits.items())
     print(f"{pack.path}: {counts} cases, {size_mb:.1f} MiB")
