@@ -188,6 +188,11 @@ def test_ema_keeps_the_average_as_best_and_resumes_it_exactly(setup, tmp_path) -
         assert moved, "the average should lag behind the trained weights"
         assert any(not torch.equal(best[name], trained[name]) for name in moved)
         assert int(state["averaged_model"]["n_averaged"]) == 4  # one update per step
+    # One epoch, one validation: best/ is the average at the run's end, exactly.
+    assert train(setup, tmp_path / "one", *common[2:], "--epochs", "1") == 0
+    state = torch.load(tmp_path / "one" / "last" / "training_state.pt", weights_only=True)["averaged_model"]
+    best = load_file(tmp_path / "one" / "best" / "model.safetensors")
+    assert all(torch.equal(best[name], state[f"module.{name}"]) for name in best)
     straight = torch.load(tmp_path / "straight" / "last" / "training_state.pt", weights_only=True)["averaged_model"]
     split = torch.load(tmp_path / "split" / "last" / "training_state.pt", weights_only=True)["averaged_model"]
     for name in straight:
