@@ -153,9 +153,11 @@ def new_run_config(
         model = replace(model, quality_head=True)
     if choices.presence_head or choices.presence_levels is not None:
         model = replace(model, presence_head=True, presence_levels=choices.presence_levels or model.presence_levels)
-    if choices.soft_tissue_channel and SOFT_TISSUE_HU not in preprocess.extra_hu_windows:
-        preprocess = with_soft_tissue_window(preprocess)
-        model = replace(model, backbone=replace(model.backbone, in_channels=model.backbone.in_channels + 1))
+    if choices.soft_tissue_channel:
+        widened = with_soft_tissue_window(preprocess)
+        if widened != preprocess:  # a new input channel, unless the starting model has it already
+            model = replace(model, backbone=replace(model.backbone, in_channels=model.backbone.in_channels + 1))
+        preprocess = widened
     if train.select_by == "Dice" and not model.segmentation_branch.enabled:
         raise UserInputError("--select-by Dice needs a segmentation branch (--segmentation-branch)")
     return replace(
