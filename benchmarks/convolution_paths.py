@@ -1,5 +1,4 @@
-"""oneDNN for every 3D convolution on the CPU, a matrix product for the 1x1x1 ones of channels-last inputs
-(:mod:`organdetr.convolution`), against PyTorch's own choice, in one run.
+"""oneDNN for every 3D convolution on the CPU (:mod:`organdetr.convolution`) against PyTorch's own choice, in one run.
 
 Figures, not assertions. For a batch of one, PyTorch runs 3D convolutions with channels x depth x height <= 20480 on
 its native im2col kernel. This prints
@@ -7,16 +6,13 @@ its native im2col kernel. This prints
 1. each such convolution of the shipped network alone (the shapes on the chest CT's window): PyTorch's kernel and
    oneDNN's, forward and forward + backward;
 2. the shipped network's forward pass (inference mode) and a training step (forward, a loss touching every output,
-   backward) with every route of :mod:`organdetr.convolution`, with its routes for the ``Conv3d`` modules but neither
-   the matrix products nor the segmentation branch's functional convolutions (the code before them), and with PyTorch's
-   choice, alternating the arms in every repeat (medians of ``--repeats`` after one warm-up call), with the largest
-   difference of the outputs from the first arm's.
+   backward) with :class:`organdetr.convolution.Conv3d` on oneDNN and with PyTorch's choice, alternating the two in
+   every repeat (medians of ``--repeats`` after one warm-up call), with the largest difference of the outputs.
 
     python benchmarks/convolution_paths.py [--input CT] [--threads 2] [--repeats 5]
 
-PyTorch's choice is restored by swapping :func:`organdetr.convolution.onednn_applies` for one that says no, the
-second arm by swapping :func:`organdetr.convolution.pointwise_applies` for one that says no and the branch's
-:func:`organdetr.convolution.conv3d` for ``F.conv3d``: the baselines are the same code without the changes.
+PyTorch's choice is restored by swapping :func:`organdetr.convolution.onednn_applies` for one that says no: the
+baseline is the same code without the change.
 """
 
 from __future__ import annotations
@@ -24,11 +20,9 @@ from __future__ import annotations
 import functools
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 
 import organdetr.convolution as convolution
-import organdetr.upsampling_convolution as upsampling
 import torch
 import torch.nn.functional as F
 from alternating_arms import (
@@ -36,27 +30,11 @@ from alternating_arms import (
     benchmark_arguments,
     forward_pass,
     shipped_network_window,
+    swapped_arms,
     training_step,
 )
 
-
-def _says_no(*_: object) -> bool:
-    return False
-
-
-# Per arm, the (module, attribute, version) swaps that put it in place.
-ARMS = {
-    "every route": (),
-    "Conv3d modules only": (
-        (convolution, "pointwise_applies", _says_no),
-        (
-            upsampling,
-            "conv3d",
-            lambda data, weight, bias=None, padding=(0, 0, 0): F.conv3d(data, weight, bias, 1, padding),
-        ),
-    ),
-    "PyTorch's choice": ((convolution, "onednn_applies", _says_no),),
-}
+PATHS: dict[str, Callable[..., bool]] = {"oneDNN": convolution.onednn_applies, "PyTorch's choice": lambda *_: False}
 # (input shape, weight shape, stride) of the shipped network's convolutions that PyTorch sends to its native kernel.
 NATIVE_SHAPES = (
     ((1, 1, 128, 128, 128), (8, 1, 3, 3, 3), 2),
@@ -64,15 +42,6 @@ NATIVE_SHAPES = (
     ((1, 64, 16, 16, 16), (64, 64, 3, 3, 3), 1),
     ((1, 128, 8, 8, 8), (128, 128, 3, 3, 3), 1),
 )
-
-
-@contextmanager
-def _swapped(swaps: tuple) -> Iterator[None]:
-    with ExitStack() as stack:
-        for module, attribute, version in swaps:
-            stack.callback(setattr, module, attribute, getattr(module, attribute))
-            setattr(module, attribute, version)
-        yield
 
 
 def _median_s(task: Callable[[], object], repeats: int) -> float:
@@ -130,19 +99,20 @@ def main() -> None:
     print(f"input {args.input.name}, {args.threads} threads, torch {torch.__version__}")
     single_convolutions(args.repeats)
     model, images = shipped_network_window(args.input)
-    arms = {name: (lambda swaps=swaps: _swapped(swaps)) for name, swaps in ARMS.items()}
+    arms = swapped_arms(convolution, "onednn_applies", PATHS)
     tasks = {
         "forward (inference)": lambda: forward_pass(model, images),
         "training step": lambda: training_step(model, images, _every_output_loss),
     }
     for task_name, task in tasks.items():
         medians, outputs = alternate(arms, task, args.repeats)
-        tensors = [[t.detach() for t in _tensors(out)] for out in outputs.values()]
-        pairs = [pair for other in tensors[1:] for pair in zip(tensors[0], other, strict=True)]
-        difference = max((a.float() - b.float()).abs().max().item() for a, b in pairs)
-        fastest = medians["every route"]
-        shown = ", ".join(f"{name} {seconds:.3f} s ({seconds / fastest:.2f}x)" for name, seconds in medians.items())
-        print(f"{task_name:20s} {shown}; largest output difference {difference:.1e}")
+        first, second = ([t.detach() for t in _tensors(out)] for out in outputs.values())
+        difference = max((a.float() - b.float()).abs().max().item() for a, b in zip(first, second, strict=True))
+        baseline = medians["PyTorch's choice"]
+        print(
+            f"{task_name:20s} oneDNN {medians['oneDNN']:.3f} s, PyTorch's choice {baseline:.3f} s: "
+            f"{baseline / medians['oneDNN']:.2f}x; largest output difference {difference:.1e}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,12 +1,10 @@
-"""organdetr.convolution: oneDNN for the small batch-1 3D convolutions PyTorch sends to its native kernel, and a matrix
-product for 1x1x1 convolutions of channels-last inputs."""
+"""organdetr.convolution.Conv3d: oneDNN for the small batch-1 3D convolutions PyTorch sends to its native kernel."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from organdetr.convolution import Conv3d, conv3d
+from organdetr.convolution import Conv3d
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -42,36 +40,3 @@ def test_pytorch_decides_where_onednn_is_off_or_cannot_run():
     circular = Conv3d(4, 4, kernel_size=3, padding=1, padding_mode="circular")
     assert "aten::mkldnn_convolution" not in _kernels(circular, data)
     assert "aten::mkldnn_convolution" not in _kernels(fast.double(), data.double().detach().requires_grad_())
-
-
-@pytest.mark.parametrize("batch", [1, 2])
-def test_pointwise_convolution_of_a_channels_last_input_is_a_matrix_product_with_the_same_results(batch):
-    torch.manual_seed(2)
-    reference = nn.Conv3d(16, 8, kernel_size=1)
-    fast = Conv3d(16, 8, kernel_size=1)
-    fast.load_state_dict(reference.state_dict())
-    data = torch.randn(batch, 16, 6, 5, 7).contiguous(memory_format=torch.channels_last_3d)
-    inputs = [data.clone().requires_grad_() for _ in range(2)]
-    expected, result = reference(inputs[0]), fast(inputs[1])
-    assert result.is_contiguous(memory_format=torch.channels_last_3d)  # the layout is kept for the next layer
-    upstream = torch.randn_like(expected)
-    (expected * upstream).sum().backward()
-    (result * upstream).sum().backward()
-    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(inputs[1].grad, inputs[0].grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fast.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(fast.bias.grad, reference.bias.grad, rtol=1e-4, atol=1e-4)
-    kernels = _kernels(fast, data.clone().requires_grad_())
-    assert not any("convolution" in kernel for kernel in kernels), kernels  # no convolution kernel at all
-    assert "aten::mkldnn_convolution" in _kernels(fast, data.contiguous().requires_grad_())  # default layout: oneDNN
-
-
-def test_functional_form_pads_by_numbers_and_runs_on_onednn():
-    torch.manual_seed(3)
-    data, weight, bias = torch.randn(1, 4, 9, 8, 7), torch.randn(6, 4, 3, 3, 3), torch.randn(6)
-    torch.testing.assert_close(
-        conv3d(data, weight, bias, padding=(1, 1, 1)), F.conv3d(data, weight, bias, padding=1), rtol=1e-4, atol=1e-4
-    )
-    with profile(activities=[ProfilerActivity.CPU]) as trace:
-        conv3d(data, weight, bias, padding=(1, 1, 1))
-    assert "aten::mkldnn_convolution" in {event.key for event in trace.key_averages()}

@@ -20,8 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .convolution import conv3d
-
 # Per output parity (0: even fine voxel, 1: odd), a fine-grid tap (-1, 0, 1: columns) reads the upsampled voxels it
 # covers from the coarse voxels -1, 0, +1 (rows) with these weights: 2i-1 = 3/4 x[i-1] + 1/4 x[i], 2i = 1/4 x[i-1] +
 # 3/4 x[i], 2i+1 = 3/4 x[i] + 1/4 x[i+1], 2i+2 = 1/4 x[i] + 3/4 x[i+1].
@@ -129,9 +127,9 @@ def upsampled_convolution(coarse: Tensor, fine: Tensor | None, weight: Tensor, b
     kernel = _coarse_kernel(weight if folds else weight[:, :coarse_channels], coarse_channels)
     separate = fine is not None and not folds
     parity_bias = None if bias is None or separate else bias.repeat(8)
-    result = _shuffled(conv3d(torch.cat(inputs, dim=1), kernel.to(coarse.dtype), parity_bias), out_channels)
+    result = _shuffled(F.conv3d(torch.cat(inputs, dim=1), kernel.to(coarse.dtype), parity_bias), out_channels)
     if separate:
-        result = result + conv3d(fine, weight[:, coarse_channels:], bias, padding=(1, 1, 1))
+        result = result + F.conv3d(fine, weight[:, coarse_channels:], bias, padding=1)
     for axis, end, excess in _border_excess(coarse, weight[:, :coarse_channels].to(coarse.dtype)):
         result.narrow(axis, 0 if end == 0 else result.shape[axis] - 1, 1).sub_(excess.unsqueeze(axis))
     return result
