@@ -5,7 +5,7 @@ makes the cuts from the case's own label map), and an upper-abdomen slab where n
 
 Every organ that is in the scan is judged present and every one that is not, absent. Before 2.5.0 the shipped model
 did not reliably tell a mandible that ends right at the scan's edge from one just beyond it (2 of 22 validation scans
-cut below the head), and the test skipped that organ's absence; 2.5.0 to 2.8.0 report none of the 80 absent organs
+cut below the head), and the test skipped that organ's absence; 2.5.0 to 2.9.0 report none of the 80 absent organs
 of those scans (model card), so every organ is checked.
 """
 
