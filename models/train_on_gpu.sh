@@ -10,8 +10,8 @@
 # Run it again with the same folder and it resumes from last/; every call stops cleanly after MINUTES of training
 # (default 8, to fit a short lease), keeping last/ and best/ (best by validation mAP). Validate what it produces on
 # the CPU with `organdetr evaluate --model RUN/best --device cpu ...`.
-# Size ORGANDETR_EPOCHS to the lease so that the cosine schedule reaches its floor before MINUTES end: on the CPU
-# the network gained only in runs whose schedule annealed within the run (models/checkpoints/cpu-s16/); a 2-epoch
+# Size ORGANDETR_EPOCHS to the lease so that the cosine schedule reaches its floor before MINUTES end: on the CPU,
+# whole-network runs gained only when their schedule annealed within the run (models/checkpoints/cpu-s16/); a 2-epoch
 # probe gives the time per epoch (models/checkpoints/gpu-s8/README.md).
 #
 # ORGANDETR_DATA may be a training pack (organdetr pack: one file, no NIfTI files or SimpleITK needed on the GPU
